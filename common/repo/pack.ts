@@ -1,0 +1,126 @@
+/**
+ * Blobs and packs.
+ *
+ * A blob is one chunk of file data or one encoded tree. Stored form:
+ *   seal(hostKeys.enc, compress(plaintext), aad = blob id)
+ * The blob id (HMAC-SHA256 of the plaintext under hostKeys.id) is bound as associated data, so a
+ * blob cannot be moved under another id, and after decryption the plaintext is hashed again and
+ * compared with the id: every byte restored is verified.
+ *
+ * A pack is many blobs followed by their header, so that it is self-describing (the index objects
+ * are only a cache of pack headers and can be rebuilt from the packs):
+ *   blob₀ ‖ blob₁ ‖ … ‖ seal(enc, header, aad "bulwark/v1/pack-header") ‖ u32le(sealed header length) ‖ "BWP1"
+ * header = u32le(count) then per blob: u8 type, id[32], u32le offset, u32le length, u32le rawLength.
+ * The pack's id is the SHA-256 of all its bytes.
+ */
+import { BulwarkError } from '../errors.js';
+import { compress, decompress } from './compress.js';
+import { blobId, contentId, equalBytes, open, seal } from './crypto.js';
+import type { HostKeys } from './keys.js';
+
+export type BlobType = 'data' | 'tree';
+
+export interface PackEntry {
+  type: BlobType;
+  id: Buffer;
+  offset: number;
+  /** Stored (sealed) length. */
+  length: number;
+  /** Plaintext length. */
+  rawLength: number;
+}
+
+const MAGIC = Buffer.from('BWP1');
+const HEADER_AAD = Buffer.from('bulwark/v1/pack-header');
+export const ENTRY_BYTES = 1 + 32 + 4 + 4 + 4;
+
+export function sealBlob(keys: HostKeys, id: Uint8Array, plaintext: Uint8Array): Buffer {
+  return seal(keys.enc, compress(plaintext), id);
+}
+
+/** Decrypt, decompress and verify a stored blob against its id. CHECKSUM_MISMATCH if not genuine. */
+export function openBlob(keys: HostKeys, id: Uint8Array, stored: Uint8Array, rawLength?: number): Buffer {
+  const plain = decompress(open(keys.enc, stored, id), rawLength);
+  if (!equalBytes(blobId(keys.id, plain), id)) {
+    throw new BulwarkError('CHECKSUM_MISMATCH', `blob ${Buffer.from(id).toString('hex')} does not hash to its id`);
+  }
+  return plain;
+}
+
+export function encodeEntries(entries: readonly PackEntry[]): Buffer {
+  const out = Buffer.alloc(4 + entries.length * ENTRY_BYTES);
+  out.writeUInt32LE(entries.length, 0);
+  let o = 4;
+  for (const e of entries) {
+    out[o] = e.type === 'data' ? 0 : 1;
+    e.id.copy(out, o + 1);
+    out.writeUInt32LE(e.offset, o + 33);
+    out.writeUInt32LE(e.length, o + 37);
+    out.writeUInt32LE(e.rawLength, o + 41);
+    o += ENTRY_BYTES;
+  }
+  return out;
+}
+
+export function decodeEntries(buf: Buffer): PackEntry[] {
+  if (buf.length < 4) throw new BulwarkError('CHECKSUM_MISMATCH', 'pack header too short');
+  const n = buf.readUInt32LE(0);
+  if (buf.length !== 4 + n * ENTRY_BYTES) throw new BulwarkError('CHECKSUM_MISMATCH', 'pack header has the wrong length');
+  const out: PackEntry[] = [];
+  for (let i = 0, o = 4; i < n; i++, o += ENTRY_BYTES) {
+    const t = buf[o];
+    if (t !== 0 && t !== 1) throw new BulwarkError('CHECKSUM_MISMATCH', `unknown blob type ${t}`);
+    out.push({
+      type: t === 0 ? 'data' : 'tree',
+      id: Buffer.from(buf.subarray(o + 1, o + 33)),
+      offset: buf.readUInt32LE(o + 33),
+      length: buf.readUInt32LE(o + 37),
+      rawLength: buf.readUInt32LE(o + 41),
+    });
+  }
+  return out;
+}
+
+/** Accumulates sealed blobs into one pack. */
+export class PackBuilder {
+  private readonly parts: Buffer[] = [];
+  private readonly entries: PackEntry[] = [];
+  private bytes = 0;
+
+  get size(): number {
+    return this.bytes;
+  }
+  get count(): number {
+    return this.entries.length;
+  }
+
+  add(type: BlobType, id: Buffer, sealed: Buffer, rawLength: number): void {
+    this.entries.push({ type, id, offset: this.bytes, length: sealed.length, rawLength });
+    this.parts.push(sealed);
+    this.bytes += sealed.length;
+  }
+
+  /** Close the pack: returns its bytes, its id (SHA-256 of the bytes) and its entries. */
+  finish(keys: HostKeys): { id: string; bytes: Buffer; entries: PackEntry[] } {
+    const header = seal(keys.enc, encodeEntries(this.entries), HEADER_AAD);
+    const tail = Buffer.alloc(8);
+    tail.writeUInt32LE(header.length, 0);
+    MAGIC.copy(tail, 4);
+    const bytes = Buffer.concat([...this.parts, header, tail]);
+    return { id: contentId(bytes), bytes, entries: this.entries };
+  }
+}
+
+/** Parse the header at the end of a whole pack (verified against its id first by the caller). */
+export function parsePack(keys: HostKeys, bytes: Uint8Array): PackEntry[] {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (b.length < 8 || !b.subarray(b.length - 4).equals(MAGIC)) throw new BulwarkError('CHECKSUM_MISMATCH', 'not a Bulwark pack (no trailer)');
+  const hlen = b.readUInt32LE(b.length - 8);
+  if (hlen > b.length - 8) throw new BulwarkError('CHECKSUM_MISMATCH', 'pack header length out of range');
+  const entries = decodeEntries(open(keys.enc, b.subarray(b.length - 8 - hlen, b.length - 8), HEADER_AAD));
+  const end = b.length - 8 - hlen;
+  for (const e of entries) {
+    if (e.offset + e.length > end) throw new BulwarkError('CHECKSUM_MISMATCH', 'pack header points past the blobs');
+  }
+  return entries;
+}
