@@ -37,6 +37,7 @@ export class BlobIndex {
   }
 
   addPack(pack: string, entries: readonly PackEntry[]): void {
+    if (!this.packBlobs.has(pack)) this.packBlobs.set(pack, 0);
     for (const e of entries) {
       const id = e.id.toString('hex');
       if (this.byId.has(id)) continue; // the same blob in two packs: keep the first
@@ -51,6 +52,10 @@ export class BlobIndex {
 
   has(id: string): boolean {
     return this.byId.has(id);
+  }
+
+  hasPack(pack: string): boolean {
+    return this.packBlobs.has(pack);
   }
 
   packs(): IterableIterator<string> {

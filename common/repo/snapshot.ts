@@ -28,8 +28,8 @@ export interface SnapshotManifest {
   version: 1;
   hostId: string;
   hostname: string;
-  /** Protected roots (absolute paths) and their trees. */
-  roots: Array<{ path: string; tree: string }>;
+  /** Protected roots (absolute paths), their trees, and the root directory's own metadata. */
+  roots: Array<{ path: string; tree: string; meta?: { mode: number; uid: number; gid: number; mtimeNs: string } }>;
   startedAt: number;
   finishedAt: number;
   /** Retention end the policy gives this snapshot, as planned by the controller. */

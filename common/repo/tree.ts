@@ -26,6 +26,9 @@ export interface TreeNode {
   target?: string;
   /** file with more than one link: identity of the inode, so restore can link them again */
   hardlink?: { dev: string; ino: string };
+  /** file: change time (ns) and inode at backup, for change detection only (never restored) */
+  ctimeNs?: string;
+  inode?: string;
 }
 
 export interface Tree {
@@ -50,6 +53,8 @@ export function encodeTree(tree: Tree): Buffer {
     ...(n.subtree ? { subtree: n.subtree } : {}),
     ...(n.target !== undefined ? { target: n.target } : {}),
     ...(n.hardlink ? { hardlink: { dev: n.hardlink.dev, ino: n.hardlink.ino } } : {}),
+    ...(n.ctimeNs !== undefined ? { ctimeNs: n.ctimeNs } : {}),
+    ...(n.inode !== undefined ? { inode: n.inode } : {}),
   }));
   return Buffer.from(JSON.stringify({ v: 1, nodes: out }));
 }

@@ -1,0 +1,74 @@
+/**
+ * TreeCache: trees the agent wrote or read, by id, with the set of packs their whole subtree
+ * needs. Two uses: an incremental backup reuses an unchanged subtree without fetching it from the
+ * bucket, and still knows exactly which packs the new snapshot needs (the union of the reused
+ * subtrees' pack sets and the new blobs' packs), without walking the whole tree.
+ *
+ * MemoryTreeCache lives for one process; LevelTreeCache persists in the agent's data dir. A miss
+ * costs a fetch from the bucket (HostRepository.loadTree) and, for pack sets, a walk of that
+ * subtree — slower, never wrong. Entries are keyed by content id, so they never go stale.
+ */
+import { Level } from 'level';
+import type { Tree } from '../../common/repo/tree.js';
+
+export interface CachedTree {
+  tree: Tree;
+  /** Packs holding every blob reachable from this tree, the tree's own blob included. */
+  packs: string[];
+  /** Entries of the whole subtree, this directory included. */
+  stats: { files: number; dirs: number; symlinks: number; bytes: number };
+}
+
+export interface TreeCache {
+  get(id: string): Promise<CachedTree | undefined>;
+  put(id: string, entry: CachedTree): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class MemoryTreeCache implements TreeCache {
+  private readonly map = new Map<string, CachedTree>();
+  async get(id: string): Promise<CachedTree | undefined> {
+    return this.map.get(id);
+  }
+  async put(id: string, entry: CachedTree): Promise<void> {
+    this.map.set(id, entry);
+  }
+  async close(): Promise<void> {}
+}
+
+/** Persistent cache (LevelDB), with a small in-memory layer in front for the current backup. */
+export class LevelTreeCache implements TreeCache {
+  private readonly hot = new Map<string, CachedTree>();
+  private constructor(private readonly db: Level<string, string>) {}
+
+  static async open(dir: string): Promise<LevelTreeCache> {
+    const db = new Level<string, string>(dir, { valueEncoding: 'utf8' });
+    await db.open();
+    return new LevelTreeCache(db);
+  }
+
+  async get(id: string): Promise<CachedTree | undefined> {
+    const h = this.hot.get(id);
+    if (h) return h;
+    const v = await this.db.get(id);
+    if (v === undefined) return undefined;
+    const entry = JSON.parse(v) as CachedTree;
+    this.remember(id, entry);
+    return entry;
+  }
+
+  async put(id: string, entry: CachedTree): Promise<void> {
+    this.remember(id, entry);
+    await this.db.put(id, JSON.stringify(entry));
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+
+  private remember(id: string, entry: CachedTree): void {
+    // bounded: a few thousand directories' worth is plenty for one backup's ancestors
+    if (this.hot.size >= 4096) this.hot.delete(this.hot.keys().next().value!);
+    this.hot.set(id, entry);
+  }
+}
