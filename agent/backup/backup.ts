@@ -297,6 +297,7 @@ class BackupRun {
           const childFull = full || childDirty?.full === true || prevNode?.type !== 'dir';
           const sub = await this.dir(childAbs, childRel, prevNode?.type === 'dir' ? prevNode.subtree : undefined, childDirty, childFull, states);
           nodes.push({ ...base, type: 'dir', subtree: sub.id });
+          states.push([childRel, { state, content: [] }]);
           for (const p of sub.packs) packs.add(p);
           counts = addCounts(counts, sub.stats);
         } else if (state.type === 'symlink') {

@@ -1,0 +1,271 @@
+/**
+ * AgentCore: the agent's backup and restore engine as a library — what the gRPC session drives,
+ * and what tests and benchmarks call directly.
+ *
+ * It owns, in the agent's data dir:
+ *   journal/<root-hash>/   one change journal per protected root (journal.ts), fed by a Watcher
+ *   trees/                 the tree cache (tree-cache.ts)
+ *   packlog/               packs uploaded by a backup that has not committed yet, with their lock
+ *                          end, so that a crashed backup's uploads are reused by the next one
+ * and keeps the host's blob index in memory between backups.
+ *
+ * A backup, in order: flush watchers → note each journal's sequence and trust → build each root's
+ * DirtySet (trusted: the journal's marks; untrusted: a reconcile scan against the journal's
+ * states, or a full walk when the journal does not describe the parent snapshot) → backup() →
+ * `commit` (the controller records the snapshot) → commit each journal (clear the marks the backup
+ * covered, store the new states) → clear the pack log. Skipped paths are marked dirty again so the
+ * next backup retries them.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Level } from 'level';
+import { BulwarkError, hasCode } from '../common/errors.js';
+import type { BlobIndex } from '../common/repo/blob-index.js';
+import type { PackEntry } from '../common/repo/pack.js';
+import type { HostRepository } from '../common/repo/repository.js';
+import type { SnapshotManifest } from '../common/repo/snapshot.js';
+import type { ObjectLock } from '../common/storage/blob-store.js';
+import { type BackupProgress, type BackupResult, backup } from './backup/backup.js';
+import { DirtySet } from './backup/dirty-set.js';
+import type { UploadedPack } from './backup/packer.js';
+import { LevelTreeCache } from './backup/tree-cache.js';
+import { compileExclude } from './file-state.js';
+import { Journal } from './journal.js';
+import { type RestoreProgress, type RestoreResult, restore } from './restore/restore.js';
+import { reconcile } from './scanner.js';
+import { Watcher } from './watcher.js';
+
+export interface AgentCoreOptions {
+  dataDir: string;
+  hostname: string;
+  host: HostRepository;
+  roots: string[];
+  exclude?: string[];
+  /** Run chokidar watchers (default true). Without them every backup reconciles by a full scan. */
+  watch?: boolean;
+  onWatcherError?: (root: string, err: BulwarkError) => void;
+}
+
+export interface BackupJob {
+  lock: ObjectLock;
+  expiresAt: number;
+  /** The snapshot to build on; default: the last one this agent committed. */
+  previous?: { id: string; manifest: SnapshotManifest } | null;
+  reprotectPacks?: ReadonlySet<string>;
+  jobId?: string;
+  policy?: string;
+  signal?: AbortSignal;
+  onProgress?: (p: BackupProgress) => void;
+  /** Record the snapshot at the controller; the journal is committed only after this resolves. */
+  commit?: (r: BackupResult) => Promise<void>;
+}
+
+export interface BackupJobResult extends BackupResult {
+  /** How each root's changes were found. */
+  modes: Record<string, 'journal' | 'reconcile' | 'full'>;
+}
+
+export interface RestoreJob {
+  manifest: SnapshotManifest;
+  target: string;
+  paths?: string[];
+  overwrite?: boolean;
+  hardlinks?: 'link' | 'copy';
+  signal?: AbortSignal;
+  onProgress?: (p: RestoreProgress) => void;
+}
+
+interface PackLogEntry {
+  retainUntil: number;
+  entries: Array<[type: 0 | 1, id: string, offset: number, length: number, rawLength: number]>;
+}
+
+export class AgentCore {
+  private index: BlobIndex | undefined;
+  private busy = false;
+
+  private constructor(
+    private readonly o: AgentCoreOptions,
+    private readonly journals: Map<string, Journal>,
+    private readonly watchers: Map<string, Watcher>,
+    private readonly trees: LevelTreeCache,
+    private readonly packLog: Level<string, PackLogEntry>,
+  ) {}
+
+  static async open(o: AgentCoreOptions): Promise<AgentCore> {
+    if (o.roots.length === 0) throw new BulwarkError('INVALID_ARGUMENT', 'nothing to protect: give at least one path');
+    const roots = o.roots.map((r) => path.resolve(r));
+    await fs.mkdir(o.dataDir, { recursive: true });
+    const journals = new Map<string, Journal>();
+    const watchers = new Map<string, Watcher>();
+    for (const root of roots) {
+      const dir = path.join(o.dataDir, 'journal', createHash('sha256').update(root).digest('hex').slice(0, 16));
+      await fs.mkdir(dir, { recursive: true });
+      journals.set(root, await Journal.open(dir));
+    }
+    const trees = await LevelTreeCache.open(path.join(o.dataDir, 'trees'));
+    const packLog = new Level<string, PackLogEntry>(path.join(o.dataDir, 'packlog'), { valueEncoding: 'json' });
+    await packLog.open();
+    const core = new AgentCore({ ...o, roots }, journals, watchers, trees, packLog);
+    if (o.watch !== false) for (const root of roots) await core.startWatcher(root);
+    return core;
+  }
+
+  get roots(): string[] {
+    return this.o.roots;
+  }
+
+  private async startWatcher(root: string): Promise<void> {
+    const w = new Watcher(root, this.journals.get(root)!, {
+      ...(this.o.exclude ? { exclude: this.o.exclude } : {}),
+      onError: (err) => this.o.onWatcherError?.(root, err),
+    });
+    this.watchers.set(root, w);
+    await w.start();
+  }
+
+  /** The host's blob index, loaded from the bucket once and kept up to date by each backup. */
+  async loadIndex(signal?: AbortSignal): Promise<BlobIndex> {
+    if (!this.index) this.index = (await this.o.host.loadIndex(signal)).index;
+    return this.index;
+  }
+
+  async backup(job: BackupJob): Promise<BackupJobResult> {
+    if (this.busy) throw new BulwarkError('INVALID_ARGUMENT', 'a backup or restore is already running on this agent');
+    this.busy = true;
+    try {
+      return await this.runBackup(job);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async runBackup(job: BackupJob): Promise<BackupJobResult> {
+    const host = this.o.host;
+    for (const w of this.watchers.values()) if (w.state === 'running') await w.flush();
+    const starts = new Map([...this.journals].map(([root, j]) => [root, j.beginBackup()]));
+
+    let previous = job.previous ?? undefined;
+    if (job.previous === undefined) {
+      const last = (await this.journals.get(this.o.roots[0]!)!.getMeta()).lastSnapshotId;
+      if (last) previous = await host.loadSnapshot(last, job.signal).then((manifest) => ({ id: last, manifest }), (err) => {
+        if (hasCode(err, 'NOT_FOUND', 'CHECKSUM_MISMATCH')) return undefined;
+        throw err;
+      });
+    }
+    const index = await this.loadIndex(job.signal);
+    if (previous) await host.completeIndex(index, previous.manifest.packs, job.signal);
+    const adopted = await this.adoptPacks(index, job.expiresAt);
+
+    const exclude = compileExclude(this.o.exclude);
+    const dirty = new Map<string, DirtySet>();
+    const modes: Record<string, 'journal' | 'reconcile' | 'full'> = {};
+    for (const root of this.o.roots) {
+      const journal = this.journals.get(root)!;
+      const start = starts.get(root)!;
+      const meta = await journal.getMeta();
+      const describesParent = previous !== undefined && meta.lastSnapshotId === previous.id;
+      if (!previous || !previous.manifest.roots.some((r) => r.path === root)) {
+        modes[root] = 'full';
+        continue;
+      }
+      const set = new DirtySet();
+      if (start.trusted && describesParent) {
+        for await (const m of journal.dirtyPaths()) set.add(m.path);
+        modes[root] = 'journal';
+      } else if (describesParent) {
+        for await (const c of reconcile(root, journal, { exclude, ...(job.signal ? { signal: job.signal } : {}) })) set.add(c.path);
+        modes[root] = 'reconcile';
+      } else {
+        dirty.set(root, DirtySet.full());
+        modes[root] = 'full';
+        continue;
+      }
+      dirty.set(root, set);
+    }
+
+    const result = await backup({
+      host,
+      index,
+      roots: this.o.roots,
+      hostname: this.o.hostname,
+      ...(previous ? { previous } : {}),
+      dirty,
+      exclude,
+      lock: job.lock,
+      expiresAt: job.expiresAt,
+      ...(job.reprotectPacks ? { reprotectPacks: job.reprotectPacks } : {}),
+      adoptedPacks: adopted,
+      treeCache: this.trees,
+      ...(job.onProgress ? { onProgress: job.onProgress } : {}),
+      onPackUploaded: (p) => this.logPack(p, job.lock.retainUntil),
+      ...(job.signal ? { signal: job.signal } : {}),
+      ...(job.jobId ? { jobId: job.jobId } : {}),
+      ...(job.policy ? { policy: job.policy } : {}),
+    });
+
+    await job.commit?.(result);
+    for (const [root, journal] of this.journals) {
+      await journal.commitBackup({ snapshotId: result.snapshotId, states: result.states.get(root) ?? [], clearedUpToSeq: starts.get(root)!.seq });
+    }
+    await this.packLog.clear();
+    // retry skipped paths next time
+    for (const s of result.skipped) {
+      const root = this.o.roots.find((r) => s.path.startsWith(r + '/'));
+      if (root) await this.journals.get(root)!.markDirty([{ path: s.path.slice(root.length + 1), event: 'change' }]);
+    }
+    return { ...result, modes };
+  }
+
+  async restore(job: RestoreJob): Promise<RestoreResult> {
+    if (this.busy) throw new BulwarkError('INVALID_ARGUMENT', 'a backup or restore is already running on this agent');
+    this.busy = true;
+    try {
+      const index = await this.loadIndex(job.signal);
+      await this.o.host.completeIndex(index, job.manifest.packs, job.signal);
+      return await restore({
+        host: this.o.host,
+        index,
+        manifest: job.manifest,
+        target: job.target,
+        ...(job.paths ? { paths: job.paths } : {}),
+        ...(job.overwrite !== undefined ? { overwrite: job.overwrite } : {}),
+        ...(job.hardlinks ? { hardlinks: job.hardlinks } : {}),
+        ...(job.signal ? { signal: job.signal } : {}),
+        ...(job.onProgress ? { onProgress: job.onProgress } : {}),
+      });
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const w of this.watchers.values()) await w.stop().catch(() => undefined);
+    for (const j of this.journals.values()) await j.close();
+    await this.trees.close();
+    await this.packLog.close();
+  }
+
+  private async logPack(p: UploadedPack, retainUntil: number): Promise<void> {
+    await this.packLog.put(p.id, {
+      retainUntil,
+      entries: p.entries.map((e) => [e.type === 'data' ? 0 : 1, e.id.toString('hex'), e.offset, e.length, e.rawLength]),
+    }, { sync: true });
+  }
+
+  /**
+   * Packs an interrupted backup uploaded: reuse those locked at least as long as the new snapshot
+   * must live (an older, shorter lock would break the invariant); the rest are left to the groomer.
+   */
+  private async adoptPacks(index: BlobIndex, expiresAt: number): Promise<UploadedPack[]> {
+    const out: UploadedPack[] = [];
+    for await (const [id, e] of this.packLog.iterator()) {
+      if (e.retainUntil < expiresAt || index.hasPack(id)) continue;
+      const entries: PackEntry[] = e.entries.map(([t, bid, offset, length, rawLength]) => ({ type: t === 0 ? 'data' : 'tree', id: Buffer.from(bid, 'hex'), offset, length, rawLength }));
+      index.addPack(id, entries);
+      out.push({ id, entries, size: 0 });
+    }
+    return out;
+  }
+}

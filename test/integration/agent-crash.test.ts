@@ -1,0 +1,94 @@
+/**
+ * kill -9 in the middle of a backup: every committed snapshot stays intact, the next backup
+ * completes, reuses the packs the killed one had uploaded, and restores to the live tree.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { AgentCore } from '../../agent/agent-core.js';
+import { compareTrees } from '../helpers/fs-tree.js';
+import { TEST_PASSPHRASE, freshRepo } from '../helpers/repo.js';
+import { s3Config } from '../helpers/s3.js';
+
+const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'bulwark-crash-'));
+afterAll(() => fs.rm(tmp, { recursive: true, force: true }));
+const child = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/backup-child.ts');
+
+/** Run the backup child and SIGKILL it once it has uploaded at least `killAfter` bytes. */
+function runAndKill(env: Record<string, string>, killAfter: number): Promise<{ killedAt: number; finished: boolean }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, ['--import', 'tsx', child], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let uploaded = 0;
+    let finished = false;
+    let stderr = '';
+    p.stderr.on('data', (d) => (stderr += d));
+    p.stdout.setEncoding('utf8').on('data', (d: string) => {
+      for (const line of d.split('\n')) {
+        const m = /^UPLOADED (\d+)/.exec(line);
+        if (m) uploaded = Number(m[1]);
+        if (line.startsWith('DONE')) finished = true;
+      }
+      if (uploaded >= killAfter && !p.killed) p.kill('SIGKILL');
+    });
+    p.on('error', reject);
+    p.on('exit', (code, signal) => {
+      if (signal !== 'SIGKILL' && code !== 0) reject(new Error(`backup child failed (${code}): ${stderr}`));
+      else resolve({ killedAt: uploaded, finished });
+    });
+  });
+}
+
+describe('crash safety against RGW', () => {
+  it('kill -9 during a backup: committed snapshots intact, next backup completes and reuses uploaded packs', async () => {
+    const { repo, lock, bucket } = await freshRepo('agent-crash');
+    const src = path.join(tmp, 'src');
+    await fs.mkdir(path.join(src, 'd'), { recursive: true });
+    await fs.writeFile(path.join(src, 'keep.txt'), 'version 1');
+    const dataDir = path.join(tmp, 'data');
+    const host = repo.host('crash');
+    let core = await AgentCore.open({ dataDir, hostname: 'crash', host, roots: [src], watch: false });
+    const first = await core.backup({ lock, expiresAt: lock.retainUntil });
+    await core.close();
+
+    // 24 MiB of new random data (12 packs of 2 MiB), and a changed file
+    for (let i = 0; i < 24; i++) await fs.writeFile(path.join(src, 'd', `f${i}`), randomBytes(1024 * 1024));
+    await fs.writeFile(path.join(src, 'keep.txt'), 'version 2');
+    const cfg = s3Config();
+    const env = {
+      BULWARK_S3_ENDPOINT: cfg.endpoint,
+      BULWARK_S3_ACCESS_KEY: cfg.accessKeyId,
+      BULWARK_S3_SECRET_KEY: cfg.secretAccessKey,
+      BUCKET: bucket,
+      PASSPHRASE: TEST_PASSPHRASE,
+      DATA_DIR: dataDir,
+      ROOT: src,
+      LOCK_UNTIL: String(lock.retainUntil),
+      HOST: 'crash',
+    };
+    const killed = await runAndKill(env, 6 * 1024 * 1024);
+    expect(killed.finished).toBe(false);
+    expect(killed.killedAt).toBeGreaterThanOrEqual(6 * 1024 * 1024);
+
+    core = await AgentCore.open({ dataDir, hostname: 'crash', host, roots: [src], watch: false });
+    try {
+      const second = await core.backup({ lock, expiresAt: lock.retainUntil });
+      expect(second.manifest.parent).toBe(first.snapshotId);
+      // the killed run's packs were adopted: far less than 24 MiB went up again
+      expect(second.manifest.stats.bytesUploaded).toBeLessThan(24 * 1024 * 1024 - killed.killedAt / 2);
+      const out2 = path.join(tmp, 'out2');
+      expect((await core.restore({ manifest: second.manifest, target: out2 })).errors).toEqual([]);
+      expect(await compareTrees(src, path.join(out2, src))).toEqual([]);
+      // the first snapshot is untouched
+      const out1 = path.join(tmp, 'out1');
+      expect((await core.restore({ manifest: (await host.loadSnapshot(first.snapshotId)), target: out1 })).errors).toEqual([]);
+      expect(await fs.readFile(path.join(out1, src, 'keep.txt'), 'utf8')).toBe('version 1');
+      expect(await fs.readdir(path.join(out1, src, 'd'))).toEqual([]);
+    } finally {
+      await core.close();
+    }
+  });
+});
