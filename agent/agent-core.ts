@@ -7,6 +7,8 @@
  *   trees/                 the tree cache (tree-cache.ts)
  *   packlog/               packs uploaded by a backup that has not committed yet, with their lock
  *                          end, so that a crashed backup's uploads are reused by the next one
+ *   locks/                 the lock-end ledger: what the agent knows of each pack's lock, so a
+ *                          backup checks with HEAD only the packs it cannot vouch for
  * and keeps the host's blob index in memory between backups.
  *
  * A backup, in order: flush watchers → note each journal's sequence and trust → build each root's
@@ -91,6 +93,8 @@ export class AgentCore {
     private readonly watchers: Map<string, Watcher>,
     private readonly trees: LevelTreeCache,
     private readonly packLog: Level<string, PackLogEntry>,
+    private readonly lockLedger: Level<string, number>,
+    private readonly packLocks: Map<string, number>,
   ) {}
 
   static async open(o: AgentCoreOptions): Promise<AgentCore> {
@@ -107,7 +111,12 @@ export class AgentCore {
     const trees = await LevelTreeCache.open(path.join(o.dataDir, 'trees'));
     const packLog = new Level<string, PackLogEntry>(path.join(o.dataDir, 'packlog'), { valueEncoding: 'json' });
     await packLog.open();
-    const core = new AgentCore({ ...o, roots }, journals, watchers, trees, packLog);
+    // what the agent knows of its packs' lock ends (lower bounds; locks only ever grow)
+    const lockLedger = new Level<string, number>(path.join(o.dataDir, 'locks'), { valueEncoding: 'json' });
+    await lockLedger.open();
+    const packLocks = new Map<string, number>();
+    for await (const [k, v] of lockLedger.iterator()) packLocks.set(k, v);
+    const core = new AgentCore({ ...o, roots }, journals, watchers, trees, packLog, lockLedger, packLocks);
     if (o.watch !== false) for (const root of roots) await core.startWatcher(root);
     return core;
   }
@@ -200,6 +209,8 @@ export class AgentCore {
       treeCache: this.trees,
       ...(job.onProgress ? { onProgress: job.onProgress } : {}),
       onPackUploaded: (p) => this.logPack(p, job.lock.retainUntil),
+      packLocks: this.packLocks,
+      onPackLock: (p, until) => this.lockLedger.put(p, until),
       ...(job.signal ? { signal: job.signal } : {}),
       ...(job.jobId ? { jobId: job.jobId } : {}),
       ...(job.policy ? { policy: job.policy } : {}),
@@ -245,6 +256,7 @@ export class AgentCore {
     for (const j of this.journals.values()) await j.close();
     await this.trees.close();
     await this.packLog.close();
+    await this.lockLedger.close();
   }
 
   private async logPack(p: UploadedPack, retainUntil: number): Promise<void> {

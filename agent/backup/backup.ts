@@ -28,7 +28,9 @@ import type { BigIntStats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { type Clock, systemClock } from '../../common/clock.js';
-import { BulwarkError, asBulwarkError, throwIfAborted } from '../../common/errors.js';
+import { BulwarkError, asBulwarkError, hasCode, throwIfAborted } from '../../common/errors.js';
+import { layout } from '../../common/repo/layout.js';
+import { Semaphore } from '../../common/storage/wrappers.js';
 import type { BlobIndex } from '../../common/repo/blob-index.js';
 import { Chunker, chunkBuffer, compileChunkerOptions, createGearTable, type GearTable } from '../../common/repo/chunker.js';
 import type { HostRepository } from '../../common/repo/repository.js';
@@ -87,6 +89,15 @@ export interface BackupOptions {
   policy?: string;
   /** Packs uploading at once. */
   uploads?: number;
+  /**
+   * Known lock ends of packs (lower bounds: locks only ever grow). Packs the new snapshot reuses
+   * whose known lock ends before `expiresAt` are checked with HEAD; updated in place.
+   */
+  packLocks?: Map<string, number>;
+  /** Called when a pack's lock end is learnt (upload or HEAD), to persist the ledger. */
+  onPackLock?: (pack: string, retainUntil: number) => Promise<void> | void;
+  /** Internal: how many re-protection passes ran before this one. */
+  reprotectPasses?: number;
 }
 
 export interface BackupResult {
@@ -182,6 +193,20 @@ class BackupRun {
     for (const w of this.cacheWrites) await o.treeCache.put(w.id, { tree: w.tree, packs: resolveAll(w.packs), stats: w.stats });
     const allPacks = new Set<string>();
     for (const r of roots) for (const p of resolveAll(r.packs)) allPacks.add(p);
+
+    // The invariant, enforced where the snapshot is made: every pack it reuses must be locked at
+    // least until it expires. A pack that is not (lock ended, groomed away, never locked long
+    // enough) is written afresh by a second pass, so the snapshot never depends on it.
+    const short = await this.shortPacks(allPacks);
+    if (short.size > 0) {
+      if ((o.reprotectPasses ?? 0) >= 2) throw new BulwarkError('INTERNAL', `packs still not locked long enough after re-protection: ${[...short].slice(0, 3).join(', ')}`);
+      return new BackupRun({
+        ...o,
+        reprotectPacks: new Set([...(o.reprotectPacks ?? []), ...short]),
+        adoptedPacks: [...(o.adoptedPacks ?? []), ...this.packer.uploaded],
+        reprotectPasses: (o.reprotectPasses ?? 0) + 1,
+      }).run();
+    }
 
     const newPacks = [...(o.adoptedPacks ?? []), ...this.packer.uploaded];
     const indexes: string[] = [];
@@ -322,6 +347,35 @@ class BackupRun {
     counts = addCounts(counts, { files: 0, dirs: 1, symlinks: 0, bytes: 0 });
     this.cacheWrites.push({ id, tree: decodeTree(enc.plain), packs: new Set(packs), stats: counts });
     return { id, packs, stats: counts };
+  }
+
+  /** Reused packs whose lock (known, else read with HEAD) ends before the snapshot expires. */
+  private async shortPacks(all: Set<string>): Promise<Set<string>> {
+    const o = this.o;
+    const fresh = new Set(this.packer.uploaded.map((p) => p.id));
+    for (const p of fresh) {
+      o.packLocks?.set(p, o.lock.retainUntil);
+      await o.onPackLock?.(p, o.lock.retainUntil);
+    }
+    const short = new Set<string>();
+    const sem = new Semaphore(16);
+    await Promise.all(
+      [...all].filter((p) => !fresh.has(p) && (o.packLocks?.get(p) ?? 0) < o.expiresAt).map((p) =>
+        sem.run(async () => {
+          try {
+            const info = await o.host.store.head(layout.pack(o.host.hostId, p), o.signal ? { signal: o.signal } : {});
+            const until = info.lock?.retainUntil ?? 0;
+            o.packLocks?.set(p, until);
+            await o.onPackLock?.(p, until);
+            if (until < o.expiresAt) short.add(p);
+          } catch (err) {
+            if (!hasCode(err, 'NOT_FOUND')) throw err;
+            short.add(p);
+          }
+        }),
+      ),
+    );
+    return short;
   }
 
   /** Can this node be reused untouched? Adds the packs it needs to `packs` when it can. */
