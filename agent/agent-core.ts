@@ -70,6 +70,8 @@ export interface BackupJobResult extends BackupResult {
 
 export interface RestoreJob {
   manifest: SnapshotManifest;
+  /** The host whose snapshot this is, when it is not this agent's own (restore to another host). */
+  host?: HostRepository;
   target: string;
   paths?: string[];
   overwrite?: boolean;
@@ -119,6 +121,10 @@ export class AgentCore {
     const core = new AgentCore({ ...o, roots }, journals, watchers, trees, packLog, lockLedger, packLocks);
     if (o.watch !== false) for (const root of roots) await core.startWatcher(root);
     return core;
+  }
+
+  get host(): HostRepository {
+    return this.o.host;
   }
 
   get roots(): string[] {
@@ -233,10 +239,12 @@ export class AgentCore {
     if (this.busy) throw new BulwarkError('INVALID_ARGUMENT', 'a backup or restore is already running on this agent');
     this.busy = true;
     try {
-      const index = await this.loadIndex(job.signal);
-      await this.o.host.completeIndex(index, job.manifest.packs, job.signal);
+      const host = job.host ?? this.o.host;
+      // another host's blobs: its own index, from the packs the snapshot names
+      const index = job.host ? (await host.loadIndex(job.signal)).index : await this.loadIndex(job.signal);
+      await host.completeIndex(index, job.manifest.packs, job.signal);
       return await restore({
-        host: this.o.host,
+        host,
         index,
         manifest: job.manifest,
         target: job.target,

@@ -38,7 +38,7 @@ export const layout = {
   snapshotsPrefix: (host: string) => `hosts/${host}/snapshots/`,
   snapshot: (host: string, id: string) => `hosts/${host}/snapshots/${id}`,
   catalogPrefix: 'catalog/',
-  catalog: (seq: number) => `catalog/${seq.toString().padStart(12, '0')}`,
+  catalog: (seq: number) => `catalog/${seq.toString().padStart(15, '0')}`,
 };
 
 /** The last path segment of a key: the object's id. */

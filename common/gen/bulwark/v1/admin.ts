@@ -11,30 +11,120 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { SnapshotSummary } from "./common.js";
+import { ErrorInfo, ItemIssue, Progress, SnapshotSummary } from "./common.js";
 
 export const protobufPackage = "bulwark.v1";
 
 export const protobufFileName = "bulwark/v1/admin.proto";
 
+export interface Empty {
+}
+
+export interface NameRequest {
+  name: string;
+}
+
+export interface CreateTokenRequest {
+  /** How long the token may be used. */
+  validFor: string;
+}
+
+export interface CreateTokenResponse {
+  token: string;
+  expiresMs: bigint;
+}
+
+/** Maps to controller/catalog.ts TargetRecord (secrets are never sent back). */
+export interface AddTargetRequest {
+  name: string;
+  spec:
+    | S3TargetSpec
+    | undefined;
+  /** Recovery passphrase that wraps the master key in the bucket. */
+  passphrase: string;
+}
+
+export interface S3TargetSpec {
+  endpoint: string;
+  region: string;
+  bucket: string;
+  prefix: string;
+  agentAccessKeyId: string;
+  agentSecretAccessKey: string;
+  maintainerAccessKeyId: string;
+  maintainerSecretAccessKey: string;
+}
+
+export interface TargetInfo {
+  name: string;
+  endpoint: string;
+  bucket: string;
+  prefix: string;
+  repoId: string;
+  checks: CheckResult[];
+}
+
+export interface ListTargetsResponse {
+  targets: TargetInfo[];
+}
+
+export interface CheckTargetRequest {
+  name: string;
+}
+
+export interface CheckTargetResponse {
+  checks: CheckResult[];
+}
+
+/** Maps to common/storage/doctor.ts CheckResult. */
+export interface CheckResult {
+  name: string;
+  status: string;
+  detail: string;
+  fix: string;
+}
+
+/** Maps to controller/catalog.ts PolicyRecord. */
+export interface PolicyInfo {
+  name: string;
+  target: string;
+  /** Empty = all hosts. */
+  hosts: string[];
+  paths: string[];
+  excludes: string[];
+  /** "every 30s", "every 7d", or a cron expression. */
+  schedule: string;
+  /** "90d", "30s". */
+  retention: string;
+  /** COMPLIANCE (default) or GOVERNANCE. */
+  lockMode: string;
+}
+
+export interface ListPoliciesResponse {
+  policies: PolicyInfo[];
+}
+
 /** Maps to controller/catalog.ts HostRecord. */
 export interface HostInfo {
   hostId: string;
   hostname: string;
+  /** online | offline | revoked */
   status: string;
   lastSeenMs: bigint;
+  lastBackupMs: bigint;
   /** Until when the newest complete snapshot stays immutable. */
   protectionHorizonMs: bigint;
-}
-
-export interface ListHostsRequest {
+  lastSnapshotId: string;
+  nextBackupMs: bigint;
 }
 
 export interface ListHostsResponse {
@@ -49,16 +139,1427 @@ export interface ListSnapshotsResponse {
   snapshots: SnapshotSummary[];
 }
 
+export interface ListFilesRequest {
+  hostId: string;
+  snapshotId: string;
+  path: string;
+}
+
+export interface FileEntry {
+  name: string;
+  type: string;
+  mode: number;
+  size: bigint;
+  mtimeMs: bigint;
+  target: string;
+}
+
+export interface ListFilesResponse {
+  path: string;
+  entries: FileEntry[];
+}
+
 export interface StartBackupRequest {
   hostId: string;
 }
 
-export interface StartJobResponse {
+export interface StartRestoreRequest {
+  hostId: string;
+  snapshotId: string;
+  /** Point in time: the latest snapshot at or before it (unix ms), when snapshot_id is empty. */
+  atMs: bigint;
+  paths: string[];
+  toHostId: string;
+  targetDir: string;
+  overwrite: boolean;
+}
+
+export interface JobRequest {
   jobId: string;
 }
 
+/** Maps to controller/catalog.ts JobRecord. */
+export interface JobInfo {
+  jobId: string;
+  hostId: string;
+  /** backup | restore */
+  kind: string;
+  /** queued | dispatched | running | succeeded | failed | cancelled */
+  state: string;
+  createdMs: bigint;
+  updatedMs: bigint;
+  progress: Progress | undefined;
+  error: ErrorInfo | undefined;
+  snapshotId: string;
+  issues: ItemIssue[];
+}
+
+export interface ListJobsResponse {
+  jobs: JobInfo[];
+}
+
+export interface GroomRequest {
+  dryRun: boolean;
+}
+
+export interface GroomResponse {
+  expiredSnapshots: string[];
+  deleted: number;
+  retained: number;
+  failed: number;
+  details: ItemIssue[];
+  dryRun: boolean;
+}
+
+export interface AuditResponse {
+  snapshots: number;
+  pairs: bigint;
+  covered: bigint;
+  coverage: number;
+  uncovered: ItemIssue[];
+  tampered: ItemIssue[];
+}
+
+export interface RebuildResponse {
+  hosts: number;
+  snapshots: number;
+}
+
+function createBaseEmpty(): Empty {
+  return {};
+}
+
+export const Empty: MessageFns<Empty> = {
+  encode(_: Empty, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Empty {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEmpty();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): Empty {
+    return {};
+  },
+
+  toJSON(_: Empty): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<Empty>): Empty {
+    return Empty.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<Empty>): Empty {
+    const message = createBaseEmpty();
+    return message;
+  },
+};
+
+function createBaseNameRequest(): NameRequest {
+  return { name: "" };
+}
+
+export const NameRequest: MessageFns<NameRequest> = {
+  encode(message: NameRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NameRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNameRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NameRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: NameRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<NameRequest>): NameRequest {
+    return NameRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<NameRequest>): NameRequest {
+    const message = createBaseNameRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateTokenRequest(): CreateTokenRequest {
+  return { validFor: "" };
+}
+
+export const CreateTokenRequest: MessageFns<CreateTokenRequest> = {
+  encode(message: CreateTokenRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.validFor !== "") {
+      writer.uint32(10).string(message.validFor);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateTokenRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateTokenRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.validFor = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateTokenRequest {
+    return {
+      validFor: isSet(object.validFor)
+        ? globalThis.String(object.validFor)
+        : isSet(object.valid_for)
+        ? globalThis.String(object.valid_for)
+        : "",
+    };
+  },
+
+  toJSON(message: CreateTokenRequest): unknown {
+    const obj: any = {};
+    if (message.validFor !== "") {
+      obj.validFor = message.validFor;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CreateTokenRequest>): CreateTokenRequest {
+    return CreateTokenRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateTokenRequest>): CreateTokenRequest {
+    const message = createBaseCreateTokenRequest();
+    message.validFor = object.validFor ?? "";
+    return message;
+  },
+};
+
+function createBaseCreateTokenResponse(): CreateTokenResponse {
+  return { token: "", expiresMs: 0n };
+}
+
+export const CreateTokenResponse: MessageFns<CreateTokenResponse> = {
+  encode(message: CreateTokenResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.token !== "") {
+      writer.uint32(10).string(message.token);
+    }
+    if (message.expiresMs !== 0n) {
+      if (BigInt.asIntN(64, message.expiresMs) !== message.expiresMs) {
+        throw new globalThis.Error("value provided for field message.expiresMs of type int64 too large");
+      }
+      writer.uint32(16).int64(message.expiresMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateTokenResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateTokenResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.expiresMs = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateTokenResponse {
+    return {
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      expiresMs: isSet(object.expiresMs)
+        ? BigInt(object.expiresMs)
+        : isSet(object.expires_ms)
+        ? BigInt(object.expires_ms)
+        : 0n,
+    };
+  },
+
+  toJSON(message: CreateTokenResponse): unknown {
+    const obj: any = {};
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.expiresMs !== 0n) {
+      obj.expiresMs = message.expiresMs.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CreateTokenResponse>): CreateTokenResponse {
+    return CreateTokenResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateTokenResponse>): CreateTokenResponse {
+    const message = createBaseCreateTokenResponse();
+    message.token = object.token ?? "";
+    message.expiresMs = (object.expiresMs !== undefined && object.expiresMs !== null) ? BigInt(object.expiresMs) : 0n;
+    return message;
+  },
+};
+
+function createBaseAddTargetRequest(): AddTargetRequest {
+  return { name: "", spec: undefined, passphrase: "" };
+}
+
+export const AddTargetRequest: MessageFns<AddTargetRequest> = {
+  encode(message: AddTargetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.spec !== undefined) {
+      S3TargetSpec.encode(message.spec, writer.uint32(18).fork()).join();
+    }
+    if (message.passphrase !== "") {
+      writer.uint32(26).string(message.passphrase);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddTargetRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddTargetRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.spec = S3TargetSpec.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.passphrase = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddTargetRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      spec: isSet(object.spec) ? S3TargetSpec.fromJSON(object.spec) : undefined,
+      passphrase: isSet(object.passphrase) ? globalThis.String(object.passphrase) : "",
+    };
+  },
+
+  toJSON(message: AddTargetRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.spec !== undefined) {
+      obj.spec = S3TargetSpec.toJSON(message.spec);
+    }
+    if (message.passphrase !== "") {
+      obj.passphrase = message.passphrase;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AddTargetRequest>): AddTargetRequest {
+    return AddTargetRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AddTargetRequest>): AddTargetRequest {
+    const message = createBaseAddTargetRequest();
+    message.name = object.name ?? "";
+    message.spec = (object.spec !== undefined && object.spec !== null)
+      ? S3TargetSpec.fromPartial(object.spec)
+      : undefined;
+    message.passphrase = object.passphrase ?? "";
+    return message;
+  },
+};
+
+function createBaseS3TargetSpec(): S3TargetSpec {
+  return {
+    endpoint: "",
+    region: "",
+    bucket: "",
+    prefix: "",
+    agentAccessKeyId: "",
+    agentSecretAccessKey: "",
+    maintainerAccessKeyId: "",
+    maintainerSecretAccessKey: "",
+  };
+}
+
+export const S3TargetSpec: MessageFns<S3TargetSpec> = {
+  encode(message: S3TargetSpec, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.endpoint !== "") {
+      writer.uint32(10).string(message.endpoint);
+    }
+    if (message.region !== "") {
+      writer.uint32(18).string(message.region);
+    }
+    if (message.bucket !== "") {
+      writer.uint32(26).string(message.bucket);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(34).string(message.prefix);
+    }
+    if (message.agentAccessKeyId !== "") {
+      writer.uint32(42).string(message.agentAccessKeyId);
+    }
+    if (message.agentSecretAccessKey !== "") {
+      writer.uint32(50).string(message.agentSecretAccessKey);
+    }
+    if (message.maintainerAccessKeyId !== "") {
+      writer.uint32(58).string(message.maintainerAccessKeyId);
+    }
+    if (message.maintainerSecretAccessKey !== "") {
+      writer.uint32(66).string(message.maintainerSecretAccessKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): S3TargetSpec {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseS3TargetSpec();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.endpoint = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.region = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.bucket = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.agentAccessKeyId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.agentSecretAccessKey = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.maintainerAccessKeyId = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.maintainerSecretAccessKey = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): S3TargetSpec {
+    return {
+      endpoint: isSet(object.endpoint) ? globalThis.String(object.endpoint) : "",
+      region: isSet(object.region) ? globalThis.String(object.region) : "",
+      bucket: isSet(object.bucket) ? globalThis.String(object.bucket) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+      agentAccessKeyId: isSet(object.agentAccessKeyId)
+        ? globalThis.String(object.agentAccessKeyId)
+        : isSet(object.agent_access_key_id)
+        ? globalThis.String(object.agent_access_key_id)
+        : "",
+      agentSecretAccessKey: isSet(object.agentSecretAccessKey)
+        ? globalThis.String(object.agentSecretAccessKey)
+        : isSet(object.agent_secret_access_key)
+        ? globalThis.String(object.agent_secret_access_key)
+        : "",
+      maintainerAccessKeyId: isSet(object.maintainerAccessKeyId)
+        ? globalThis.String(object.maintainerAccessKeyId)
+        : isSet(object.maintainer_access_key_id)
+        ? globalThis.String(object.maintainer_access_key_id)
+        : "",
+      maintainerSecretAccessKey: isSet(object.maintainerSecretAccessKey)
+        ? globalThis.String(object.maintainerSecretAccessKey)
+        : isSet(object.maintainer_secret_access_key)
+        ? globalThis.String(object.maintainer_secret_access_key)
+        : "",
+    };
+  },
+
+  toJSON(message: S3TargetSpec): unknown {
+    const obj: any = {};
+    if (message.endpoint !== "") {
+      obj.endpoint = message.endpoint;
+    }
+    if (message.region !== "") {
+      obj.region = message.region;
+    }
+    if (message.bucket !== "") {
+      obj.bucket = message.bucket;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
+    if (message.agentAccessKeyId !== "") {
+      obj.agentAccessKeyId = message.agentAccessKeyId;
+    }
+    if (message.agentSecretAccessKey !== "") {
+      obj.agentSecretAccessKey = message.agentSecretAccessKey;
+    }
+    if (message.maintainerAccessKeyId !== "") {
+      obj.maintainerAccessKeyId = message.maintainerAccessKeyId;
+    }
+    if (message.maintainerSecretAccessKey !== "") {
+      obj.maintainerSecretAccessKey = message.maintainerSecretAccessKey;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<S3TargetSpec>): S3TargetSpec {
+    return S3TargetSpec.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<S3TargetSpec>): S3TargetSpec {
+    const message = createBaseS3TargetSpec();
+    message.endpoint = object.endpoint ?? "";
+    message.region = object.region ?? "";
+    message.bucket = object.bucket ?? "";
+    message.prefix = object.prefix ?? "";
+    message.agentAccessKeyId = object.agentAccessKeyId ?? "";
+    message.agentSecretAccessKey = object.agentSecretAccessKey ?? "";
+    message.maintainerAccessKeyId = object.maintainerAccessKeyId ?? "";
+    message.maintainerSecretAccessKey = object.maintainerSecretAccessKey ?? "";
+    return message;
+  },
+};
+
+function createBaseTargetInfo(): TargetInfo {
+  return { name: "", endpoint: "", bucket: "", prefix: "", repoId: "", checks: [] };
+}
+
+export const TargetInfo: MessageFns<TargetInfo> = {
+  encode(message: TargetInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.endpoint !== "") {
+      writer.uint32(18).string(message.endpoint);
+    }
+    if (message.bucket !== "") {
+      writer.uint32(26).string(message.bucket);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(34).string(message.prefix);
+    }
+    if (message.repoId !== "") {
+      writer.uint32(42).string(message.repoId);
+    }
+    for (const v of message.checks) {
+      CheckResult.encode(v!, writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TargetInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTargetInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.endpoint = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.bucket = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.repoId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.checks.push(CheckResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TargetInfo {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      endpoint: isSet(object.endpoint) ? globalThis.String(object.endpoint) : "",
+      bucket: isSet(object.bucket) ? globalThis.String(object.bucket) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+      repoId: isSet(object.repoId)
+        ? globalThis.String(object.repoId)
+        : isSet(object.repo_id)
+        ? globalThis.String(object.repo_id)
+        : "",
+      checks: globalThis.Array.isArray(object?.checks) ? object.checks.map((e: any) => CheckResult.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: TargetInfo): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.endpoint !== "") {
+      obj.endpoint = message.endpoint;
+    }
+    if (message.bucket !== "") {
+      obj.bucket = message.bucket;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
+    if (message.repoId !== "") {
+      obj.repoId = message.repoId;
+    }
+    if (message.checks?.length) {
+      obj.checks = message.checks.map((e) => CheckResult.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TargetInfo>): TargetInfo {
+    return TargetInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TargetInfo>): TargetInfo {
+    const message = createBaseTargetInfo();
+    message.name = object.name ?? "";
+    message.endpoint = object.endpoint ?? "";
+    message.bucket = object.bucket ?? "";
+    message.prefix = object.prefix ?? "";
+    message.repoId = object.repoId ?? "";
+    message.checks = object.checks?.map((e) => CheckResult.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseListTargetsResponse(): ListTargetsResponse {
+  return { targets: [] };
+}
+
+export const ListTargetsResponse: MessageFns<ListTargetsResponse> = {
+  encode(message: ListTargetsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.targets) {
+      TargetInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListTargetsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListTargetsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.targets.push(TargetInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListTargetsResponse {
+    return {
+      targets: globalThis.Array.isArray(object?.targets) ? object.targets.map((e: any) => TargetInfo.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListTargetsResponse): unknown {
+    const obj: any = {};
+    if (message.targets?.length) {
+      obj.targets = message.targets.map((e) => TargetInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListTargetsResponse>): ListTargetsResponse {
+    return ListTargetsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListTargetsResponse>): ListTargetsResponse {
+    const message = createBaseListTargetsResponse();
+    message.targets = object.targets?.map((e) => TargetInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseCheckTargetRequest(): CheckTargetRequest {
+  return { name: "" };
+}
+
+export const CheckTargetRequest: MessageFns<CheckTargetRequest> = {
+  encode(message: CheckTargetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CheckTargetRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCheckTargetRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CheckTargetRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: CheckTargetRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CheckTargetRequest>): CheckTargetRequest {
+    return CheckTargetRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CheckTargetRequest>): CheckTargetRequest {
+    const message = createBaseCheckTargetRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseCheckTargetResponse(): CheckTargetResponse {
+  return { checks: [] };
+}
+
+export const CheckTargetResponse: MessageFns<CheckTargetResponse> = {
+  encode(message: CheckTargetResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.checks) {
+      CheckResult.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CheckTargetResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCheckTargetResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.checks.push(CheckResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CheckTargetResponse {
+    return {
+      checks: globalThis.Array.isArray(object?.checks) ? object.checks.map((e: any) => CheckResult.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: CheckTargetResponse): unknown {
+    const obj: any = {};
+    if (message.checks?.length) {
+      obj.checks = message.checks.map((e) => CheckResult.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CheckTargetResponse>): CheckTargetResponse {
+    return CheckTargetResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CheckTargetResponse>): CheckTargetResponse {
+    const message = createBaseCheckTargetResponse();
+    message.checks = object.checks?.map((e) => CheckResult.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseCheckResult(): CheckResult {
+  return { name: "", status: "", detail: "", fix: "" };
+}
+
+export const CheckResult: MessageFns<CheckResult> = {
+  encode(message: CheckResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.status !== "") {
+      writer.uint32(18).string(message.status);
+    }
+    if (message.detail !== "") {
+      writer.uint32(26).string(message.detail);
+    }
+    if (message.fix !== "") {
+      writer.uint32(34).string(message.fix);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CheckResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCheckResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.status = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.fix = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CheckResult {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      status: isSet(object.status) ? globalThis.String(object.status) : "",
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      fix: isSet(object.fix) ? globalThis.String(object.fix) : "",
+    };
+  },
+
+  toJSON(message: CheckResult): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.status !== "") {
+      obj.status = message.status;
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    if (message.fix !== "") {
+      obj.fix = message.fix;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CheckResult>): CheckResult {
+    return CheckResult.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CheckResult>): CheckResult {
+    const message = createBaseCheckResult();
+    message.name = object.name ?? "";
+    message.status = object.status ?? "";
+    message.detail = object.detail ?? "";
+    message.fix = object.fix ?? "";
+    return message;
+  },
+};
+
+function createBasePolicyInfo(): PolicyInfo {
+  return { name: "", target: "", hosts: [], paths: [], excludes: [], schedule: "", retention: "", lockMode: "" };
+}
+
+export const PolicyInfo: MessageFns<PolicyInfo> = {
+  encode(message: PolicyInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.target !== "") {
+      writer.uint32(18).string(message.target);
+    }
+    for (const v of message.hosts) {
+      writer.uint32(26).string(v!);
+    }
+    for (const v of message.paths) {
+      writer.uint32(34).string(v!);
+    }
+    for (const v of message.excludes) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.schedule !== "") {
+      writer.uint32(50).string(message.schedule);
+    }
+    if (message.retention !== "") {
+      writer.uint32(58).string(message.retention);
+    }
+    if (message.lockMode !== "") {
+      writer.uint32(66).string(message.lockMode);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PolicyInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePolicyInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.hosts.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.paths.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.excludes.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.schedule = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.retention = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.lockMode = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PolicyInfo {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      hosts: globalThis.Array.isArray(object?.hosts) ? object.hosts.map((e: any) => globalThis.String(e)) : [],
+      paths: globalThis.Array.isArray(object?.paths) ? object.paths.map((e: any) => globalThis.String(e)) : [],
+      excludes: globalThis.Array.isArray(object?.excludes) ? object.excludes.map((e: any) => globalThis.String(e)) : [],
+      schedule: isSet(object.schedule) ? globalThis.String(object.schedule) : "",
+      retention: isSet(object.retention) ? globalThis.String(object.retention) : "",
+      lockMode: isSet(object.lockMode)
+        ? globalThis.String(object.lockMode)
+        : isSet(object.lock_mode)
+        ? globalThis.String(object.lock_mode)
+        : "",
+    };
+  },
+
+  toJSON(message: PolicyInfo): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    if (message.hosts?.length) {
+      obj.hosts = message.hosts;
+    }
+    if (message.paths?.length) {
+      obj.paths = message.paths;
+    }
+    if (message.excludes?.length) {
+      obj.excludes = message.excludes;
+    }
+    if (message.schedule !== "") {
+      obj.schedule = message.schedule;
+    }
+    if (message.retention !== "") {
+      obj.retention = message.retention;
+    }
+    if (message.lockMode !== "") {
+      obj.lockMode = message.lockMode;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PolicyInfo>): PolicyInfo {
+    return PolicyInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PolicyInfo>): PolicyInfo {
+    const message = createBasePolicyInfo();
+    message.name = object.name ?? "";
+    message.target = object.target ?? "";
+    message.hosts = object.hosts?.map((e) => e) || [];
+    message.paths = object.paths?.map((e) => e) || [];
+    message.excludes = object.excludes?.map((e) => e) || [];
+    message.schedule = object.schedule ?? "";
+    message.retention = object.retention ?? "";
+    message.lockMode = object.lockMode ?? "";
+    return message;
+  },
+};
+
+function createBaseListPoliciesResponse(): ListPoliciesResponse {
+  return { policies: [] };
+}
+
+export const ListPoliciesResponse: MessageFns<ListPoliciesResponse> = {
+  encode(message: ListPoliciesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.policies) {
+      PolicyInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListPoliciesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListPoliciesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.policies.push(PolicyInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListPoliciesResponse {
+    return {
+      policies: globalThis.Array.isArray(object?.policies)
+        ? object.policies.map((e: any) => PolicyInfo.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListPoliciesResponse): unknown {
+    const obj: any = {};
+    if (message.policies?.length) {
+      obj.policies = message.policies.map((e) => PolicyInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListPoliciesResponse>): ListPoliciesResponse {
+    return ListPoliciesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListPoliciesResponse>): ListPoliciesResponse {
+    const message = createBaseListPoliciesResponse();
+    message.policies = object.policies?.map((e) => PolicyInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseHostInfo(): HostInfo {
-  return { hostId: "", hostname: "", status: "", lastSeenMs: 0n, protectionHorizonMs: 0n };
+  return {
+    hostId: "",
+    hostname: "",
+    status: "",
+    lastSeenMs: 0n,
+    lastBackupMs: 0n,
+    protectionHorizonMs: 0n,
+    lastSnapshotId: "",
+    nextBackupMs: 0n,
+  };
 }
 
 export const HostInfo: MessageFns<HostInfo> = {
@@ -78,11 +1579,26 @@ export const HostInfo: MessageFns<HostInfo> = {
       }
       writer.uint32(32).int64(message.lastSeenMs);
     }
+    if (message.lastBackupMs !== 0n) {
+      if (BigInt.asIntN(64, message.lastBackupMs) !== message.lastBackupMs) {
+        throw new globalThis.Error("value provided for field message.lastBackupMs of type int64 too large");
+      }
+      writer.uint32(40).int64(message.lastBackupMs);
+    }
     if (message.protectionHorizonMs !== 0n) {
       if (BigInt.asIntN(64, message.protectionHorizonMs) !== message.protectionHorizonMs) {
         throw new globalThis.Error("value provided for field message.protectionHorizonMs of type int64 too large");
       }
-      writer.uint32(40).int64(message.protectionHorizonMs);
+      writer.uint32(48).int64(message.protectionHorizonMs);
+    }
+    if (message.lastSnapshotId !== "") {
+      writer.uint32(58).string(message.lastSnapshotId);
+    }
+    if (message.nextBackupMs !== 0n) {
+      if (BigInt.asIntN(64, message.nextBackupMs) !== message.nextBackupMs) {
+        throw new globalThis.Error("value provided for field message.nextBackupMs of type int64 too large");
+      }
+      writer.uint32(64).int64(message.nextBackupMs);
     }
     return writer;
   },
@@ -137,7 +1653,31 @@ export const HostInfo: MessageFns<HostInfo> = {
               break;
             }
 
+            message.lastBackupMs = reader.int64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
             message.protectionHorizonMs = reader.int64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.lastSnapshotId = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.nextBackupMs = reader.int64() as bigint;
             continue;
           }
         }
@@ -166,10 +1706,25 @@ export const HostInfo: MessageFns<HostInfo> = {
         : isSet(object.last_seen_ms)
         ? BigInt(object.last_seen_ms)
         : 0n,
+      lastBackupMs: isSet(object.lastBackupMs)
+        ? BigInt(object.lastBackupMs)
+        : isSet(object.last_backup_ms)
+        ? BigInt(object.last_backup_ms)
+        : 0n,
       protectionHorizonMs: isSet(object.protectionHorizonMs)
         ? BigInt(object.protectionHorizonMs)
         : isSet(object.protection_horizon_ms)
         ? BigInt(object.protection_horizon_ms)
+        : 0n,
+      lastSnapshotId: isSet(object.lastSnapshotId)
+        ? globalThis.String(object.lastSnapshotId)
+        : isSet(object.last_snapshot_id)
+        ? globalThis.String(object.last_snapshot_id)
+        : "",
+      nextBackupMs: isSet(object.nextBackupMs)
+        ? BigInt(object.nextBackupMs)
+        : isSet(object.next_backup_ms)
+        ? BigInt(object.next_backup_ms)
         : 0n,
     };
   },
@@ -188,8 +1743,17 @@ export const HostInfo: MessageFns<HostInfo> = {
     if (message.lastSeenMs !== 0n) {
       obj.lastSeenMs = message.lastSeenMs.toString();
     }
+    if (message.lastBackupMs !== 0n) {
+      obj.lastBackupMs = message.lastBackupMs.toString();
+    }
     if (message.protectionHorizonMs !== 0n) {
       obj.protectionHorizonMs = message.protectionHorizonMs.toString();
+    }
+    if (message.lastSnapshotId !== "") {
+      obj.lastSnapshotId = message.lastSnapshotId;
+    }
+    if (message.nextBackupMs !== 0n) {
+      obj.nextBackupMs = message.nextBackupMs.toString();
     }
     return obj;
   },
@@ -205,61 +1769,16 @@ export const HostInfo: MessageFns<HostInfo> = {
     message.lastSeenMs = (object.lastSeenMs !== undefined && object.lastSeenMs !== null)
       ? BigInt(object.lastSeenMs)
       : 0n;
+    message.lastBackupMs = (object.lastBackupMs !== undefined && object.lastBackupMs !== null)
+      ? BigInt(object.lastBackupMs)
+      : 0n;
     message.protectionHorizonMs = (object.protectionHorizonMs !== undefined && object.protectionHorizonMs !== null)
       ? BigInt(object.protectionHorizonMs)
       : 0n;
-    return message;
-  },
-};
-
-function createBaseListHostsRequest(): ListHostsRequest {
-  return {};
-}
-
-export const ListHostsRequest: MessageFns<ListHostsRequest> = {
-  encode(_: ListHostsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): ListHostsRequest {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseListHostsRequest();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(_: any): ListHostsRequest {
-    return {};
-  },
-
-  toJSON(_: ListHostsRequest): unknown {
-    const obj: any = {};
-    return obj;
-  },
-
-  create(base?: DeepPartial<ListHostsRequest>): ListHostsRequest {
-    return ListHostsRequest.fromPartial(base ?? {});
-  },
-  fromPartial(_: DeepPartial<ListHostsRequest>): ListHostsRequest {
-    const message = createBaseListHostsRequest();
+    message.lastSnapshotId = object.lastSnapshotId ?? "";
+    message.nextBackupMs = (object.nextBackupMs !== undefined && object.nextBackupMs !== null)
+      ? BigInt(object.nextBackupMs)
+      : 0n;
     return message;
   },
 };
@@ -475,6 +1994,355 @@ export const ListSnapshotsResponse: MessageFns<ListSnapshotsResponse> = {
   },
 };
 
+function createBaseListFilesRequest(): ListFilesRequest {
+  return { hostId: "", snapshotId: "", path: "" };
+}
+
+export const ListFilesRequest: MessageFns<ListFilesRequest> = {
+  encode(message: ListFilesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    if (message.snapshotId !== "") {
+      writer.uint32(18).string(message.snapshotId);
+    }
+    if (message.path !== "") {
+      writer.uint32(26).string(message.path);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListFilesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListFilesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.snapshotId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListFilesRequest {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      snapshotId: isSet(object.snapshotId)
+        ? globalThis.String(object.snapshotId)
+        : isSet(object.snapshot_id)
+        ? globalThis.String(object.snapshot_id)
+        : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+    };
+  },
+
+  toJSON(message: ListFilesRequest): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.snapshotId !== "") {
+      obj.snapshotId = message.snapshotId;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListFilesRequest>): ListFilesRequest {
+    return ListFilesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListFilesRequest>): ListFilesRequest {
+    const message = createBaseListFilesRequest();
+    message.hostId = object.hostId ?? "";
+    message.snapshotId = object.snapshotId ?? "";
+    message.path = object.path ?? "";
+    return message;
+  },
+};
+
+function createBaseFileEntry(): FileEntry {
+  return { name: "", type: "", mode: 0, size: 0n, mtimeMs: 0n, target: "" };
+}
+
+export const FileEntry: MessageFns<FileEntry> = {
+  encode(message: FileEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.type !== "") {
+      writer.uint32(18).string(message.type);
+    }
+    if (message.mode !== 0) {
+      writer.uint32(24).uint32(message.mode);
+    }
+    if (message.size !== 0n) {
+      if (BigInt.asUintN(64, message.size) !== message.size) {
+        throw new globalThis.Error("value provided for field message.size of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.size);
+    }
+    if (message.mtimeMs !== 0n) {
+      if (BigInt.asIntN(64, message.mtimeMs) !== message.mtimeMs) {
+        throw new globalThis.Error("value provided for field message.mtimeMs of type int64 too large");
+      }
+      writer.uint32(40).int64(message.mtimeMs);
+    }
+    if (message.target !== "") {
+      writer.uint32(50).string(message.target);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FileEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFileEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.mode = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.size = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.mtimeMs = reader.int64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FileEntry {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      mode: isSet(object.mode) ? globalThis.Number(object.mode) : 0,
+      size: isSet(object.size) ? BigInt(object.size) : 0n,
+      mtimeMs: isSet(object.mtimeMs) ? BigInt(object.mtimeMs) : isSet(object.mtime_ms) ? BigInt(object.mtime_ms) : 0n,
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+    };
+  },
+
+  toJSON(message: FileEntry): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.mode !== 0) {
+      obj.mode = Math.round(message.mode);
+    }
+    if (message.size !== 0n) {
+      obj.size = message.size.toString();
+    }
+    if (message.mtimeMs !== 0n) {
+      obj.mtimeMs = message.mtimeMs.toString();
+    }
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<FileEntry>): FileEntry {
+    return FileEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<FileEntry>): FileEntry {
+    const message = createBaseFileEntry();
+    message.name = object.name ?? "";
+    message.type = object.type ?? "";
+    message.mode = object.mode ?? 0;
+    message.size = (object.size !== undefined && object.size !== null) ? BigInt(object.size) : 0n;
+    message.mtimeMs = (object.mtimeMs !== undefined && object.mtimeMs !== null) ? BigInt(object.mtimeMs) : 0n;
+    message.target = object.target ?? "";
+    return message;
+  },
+};
+
+function createBaseListFilesResponse(): ListFilesResponse {
+  return { path: "", entries: [] };
+}
+
+export const ListFilesResponse: MessageFns<ListFilesResponse> = {
+  encode(message: ListFilesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    for (const v of message.entries) {
+      FileEntry.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListFilesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListFilesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.entries.push(FileEntry.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListFilesResponse {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      entries: globalThis.Array.isArray(object?.entries) ? object.entries.map((e: any) => FileEntry.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListFilesResponse): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.entries?.length) {
+      obj.entries = message.entries.map((e) => FileEntry.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListFilesResponse>): ListFilesResponse {
+    return ListFilesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListFilesResponse>): ListFilesResponse {
+    const message = createBaseListFilesResponse();
+    message.path = object.path ?? "";
+    message.entries = object.entries?.map((e) => FileEntry.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseStartBackupRequest(): StartBackupRequest {
   return { hostId: "" };
 }
@@ -548,19 +2416,40 @@ export const StartBackupRequest: MessageFns<StartBackupRequest> = {
   },
 };
 
-function createBaseStartJobResponse(): StartJobResponse {
-  return { jobId: "" };
+function createBaseStartRestoreRequest(): StartRestoreRequest {
+  return { hostId: "", snapshotId: "", atMs: 0n, paths: [], toHostId: "", targetDir: "", overwrite: false };
 }
 
-export const StartJobResponse: MessageFns<StartJobResponse> = {
-  encode(message: StartJobResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.jobId !== "") {
-      writer.uint32(10).string(message.jobId);
+export const StartRestoreRequest: MessageFns<StartRestoreRequest> = {
+  encode(message: StartRestoreRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    if (message.snapshotId !== "") {
+      writer.uint32(18).string(message.snapshotId);
+    }
+    if (message.atMs !== 0n) {
+      if (BigInt.asIntN(64, message.atMs) !== message.atMs) {
+        throw new globalThis.Error("value provided for field message.atMs of type int64 too large");
+      }
+      writer.uint32(24).int64(message.atMs);
+    }
+    for (const v of message.paths) {
+      writer.uint32(34).string(v!);
+    }
+    if (message.toHostId !== "") {
+      writer.uint32(42).string(message.toHostId);
+    }
+    if (message.targetDir !== "") {
+      writer.uint32(50).string(message.targetDir);
+    }
+    if (message.overwrite !== false) {
+      writer.uint32(56).bool(message.overwrite);
     }
     return writer;
   },
 
-  decode(input: BinaryReader | Uint8Array, length?: number): StartJobResponse {
+  decode(input: BinaryReader | Uint8Array, length?: number): StartRestoreRequest {
     const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
     const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
     if (previousRecursionDepth >= 100) {
@@ -569,7 +2458,170 @@ export const StartJobResponse: MessageFns<StartJobResponse> = {
     (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseStartJobResponse();
+      const message = createBaseStartRestoreRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.snapshotId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.atMs = reader.int64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.paths.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.toHostId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.targetDir = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.overwrite = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartRestoreRequest {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      snapshotId: isSet(object.snapshotId)
+        ? globalThis.String(object.snapshotId)
+        : isSet(object.snapshot_id)
+        ? globalThis.String(object.snapshot_id)
+        : "",
+      atMs: isSet(object.atMs) ? BigInt(object.atMs) : isSet(object.at_ms) ? BigInt(object.at_ms) : 0n,
+      paths: globalThis.Array.isArray(object?.paths) ? object.paths.map((e: any) => globalThis.String(e)) : [],
+      toHostId: isSet(object.toHostId)
+        ? globalThis.String(object.toHostId)
+        : isSet(object.to_host_id)
+        ? globalThis.String(object.to_host_id)
+        : "",
+      targetDir: isSet(object.targetDir)
+        ? globalThis.String(object.targetDir)
+        : isSet(object.target_dir)
+        ? globalThis.String(object.target_dir)
+        : "",
+      overwrite: isSet(object.overwrite) ? globalThis.Boolean(object.overwrite) : false,
+    };
+  },
+
+  toJSON(message: StartRestoreRequest): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.snapshotId !== "") {
+      obj.snapshotId = message.snapshotId;
+    }
+    if (message.atMs !== 0n) {
+      obj.atMs = message.atMs.toString();
+    }
+    if (message.paths?.length) {
+      obj.paths = message.paths;
+    }
+    if (message.toHostId !== "") {
+      obj.toHostId = message.toHostId;
+    }
+    if (message.targetDir !== "") {
+      obj.targetDir = message.targetDir;
+    }
+    if (message.overwrite !== false) {
+      obj.overwrite = message.overwrite;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StartRestoreRequest>): StartRestoreRequest {
+    return StartRestoreRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StartRestoreRequest>): StartRestoreRequest {
+    const message = createBaseStartRestoreRequest();
+    message.hostId = object.hostId ?? "";
+    message.snapshotId = object.snapshotId ?? "";
+    message.atMs = (object.atMs !== undefined && object.atMs !== null) ? BigInt(object.atMs) : 0n;
+    message.paths = object.paths?.map((e) => e) || [];
+    message.toHostId = object.toHostId ?? "";
+    message.targetDir = object.targetDir ?? "";
+    message.overwrite = object.overwrite ?? false;
+    return message;
+  },
+};
+
+function createBaseJobRequest(): JobRequest {
+  return { jobId: "" };
+}
+
+export const JobRequest: MessageFns<JobRequest> = {
+  encode(message: JobRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): JobRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseJobRequest();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
@@ -593,7 +2645,7 @@ export const StartJobResponse: MessageFns<StartJobResponse> = {
     }
   },
 
-  fromJSON(object: any): StartJobResponse {
+  fromJSON(object: any): JobRequest {
     return {
       jobId: isSet(object.jobId)
         ? globalThis.String(object.jobId)
@@ -603,7 +2655,7 @@ export const StartJobResponse: MessageFns<StartJobResponse> = {
     };
   },
 
-  toJSON(message: StartJobResponse): unknown {
+  toJSON(message: JobRequest): unknown {
     const obj: any = {};
     if (message.jobId !== "") {
       obj.jobId = message.jobId;
@@ -611,24 +2663,885 @@ export const StartJobResponse: MessageFns<StartJobResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<StartJobResponse>): StartJobResponse {
-    return StartJobResponse.fromPartial(base ?? {});
+  create(base?: DeepPartial<JobRequest>): JobRequest {
+    return JobRequest.fromPartial(base ?? {});
   },
-  fromPartial(object: DeepPartial<StartJobResponse>): StartJobResponse {
-    const message = createBaseStartJobResponse();
+  fromPartial(object: DeepPartial<JobRequest>): JobRequest {
+    const message = createBaseJobRequest();
     message.jobId = object.jobId ?? "";
+    return message;
+  },
+};
+
+function createBaseJobInfo(): JobInfo {
+  return {
+    jobId: "",
+    hostId: "",
+    kind: "",
+    state: "",
+    createdMs: 0n,
+    updatedMs: 0n,
+    progress: undefined,
+    error: undefined,
+    snapshotId: "",
+    issues: [],
+  };
+}
+
+export const JobInfo: MessageFns<JobInfo> = {
+  encode(message: JobInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.hostId !== "") {
+      writer.uint32(18).string(message.hostId);
+    }
+    if (message.kind !== "") {
+      writer.uint32(26).string(message.kind);
+    }
+    if (message.state !== "") {
+      writer.uint32(34).string(message.state);
+    }
+    if (message.createdMs !== 0n) {
+      if (BigInt.asIntN(64, message.createdMs) !== message.createdMs) {
+        throw new globalThis.Error("value provided for field message.createdMs of type int64 too large");
+      }
+      writer.uint32(40).int64(message.createdMs);
+    }
+    if (message.updatedMs !== 0n) {
+      if (BigInt.asIntN(64, message.updatedMs) !== message.updatedMs) {
+        throw new globalThis.Error("value provided for field message.updatedMs of type int64 too large");
+      }
+      writer.uint32(48).int64(message.updatedMs);
+    }
+    if (message.progress !== undefined) {
+      Progress.encode(message.progress, writer.uint32(58).fork()).join();
+    }
+    if (message.error !== undefined) {
+      ErrorInfo.encode(message.error, writer.uint32(66).fork()).join();
+    }
+    if (message.snapshotId !== "") {
+      writer.uint32(74).string(message.snapshotId);
+    }
+    for (const v of message.issues) {
+      ItemIssue.encode(v!, writer.uint32(82).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): JobInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseJobInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.createdMs = reader.int64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.updatedMs = reader.int64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.progress = Progress.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.error = ErrorInfo.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.snapshotId = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.issues.push(ItemIssue.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): JobInfo {
+    return {
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      createdMs: isSet(object.createdMs)
+        ? BigInt(object.createdMs)
+        : isSet(object.created_ms)
+        ? BigInt(object.created_ms)
+        : 0n,
+      updatedMs: isSet(object.updatedMs)
+        ? BigInt(object.updatedMs)
+        : isSet(object.updated_ms)
+        ? BigInt(object.updated_ms)
+        : 0n,
+      progress: isSet(object.progress) ? Progress.fromJSON(object.progress) : undefined,
+      error: isSet(object.error) ? ErrorInfo.fromJSON(object.error) : undefined,
+      snapshotId: isSet(object.snapshotId)
+        ? globalThis.String(object.snapshotId)
+        : isSet(object.snapshot_id)
+        ? globalThis.String(object.snapshot_id)
+        : "",
+      issues: globalThis.Array.isArray(object?.issues)
+        ? object.issues.map((e: any) => ItemIssue.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: JobInfo): unknown {
+    const obj: any = {};
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.createdMs !== 0n) {
+      obj.createdMs = message.createdMs.toString();
+    }
+    if (message.updatedMs !== 0n) {
+      obj.updatedMs = message.updatedMs.toString();
+    }
+    if (message.progress !== undefined) {
+      obj.progress = Progress.toJSON(message.progress);
+    }
+    if (message.error !== undefined) {
+      obj.error = ErrorInfo.toJSON(message.error);
+    }
+    if (message.snapshotId !== "") {
+      obj.snapshotId = message.snapshotId;
+    }
+    if (message.issues?.length) {
+      obj.issues = message.issues.map((e) => ItemIssue.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<JobInfo>): JobInfo {
+    return JobInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<JobInfo>): JobInfo {
+    const message = createBaseJobInfo();
+    message.jobId = object.jobId ?? "";
+    message.hostId = object.hostId ?? "";
+    message.kind = object.kind ?? "";
+    message.state = object.state ?? "";
+    message.createdMs = (object.createdMs !== undefined && object.createdMs !== null) ? BigInt(object.createdMs) : 0n;
+    message.updatedMs = (object.updatedMs !== undefined && object.updatedMs !== null) ? BigInt(object.updatedMs) : 0n;
+    message.progress = (object.progress !== undefined && object.progress !== null)
+      ? Progress.fromPartial(object.progress)
+      : undefined;
+    message.error = (object.error !== undefined && object.error !== null)
+      ? ErrorInfo.fromPartial(object.error)
+      : undefined;
+    message.snapshotId = object.snapshotId ?? "";
+    message.issues = object.issues?.map((e) => ItemIssue.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseListJobsResponse(): ListJobsResponse {
+  return { jobs: [] };
+}
+
+export const ListJobsResponse: MessageFns<ListJobsResponse> = {
+  encode(message: ListJobsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.jobs) {
+      JobInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListJobsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListJobsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobs.push(JobInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListJobsResponse {
+    return { jobs: globalThis.Array.isArray(object?.jobs) ? object.jobs.map((e: any) => JobInfo.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: ListJobsResponse): unknown {
+    const obj: any = {};
+    if (message.jobs?.length) {
+      obj.jobs = message.jobs.map((e) => JobInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListJobsResponse>): ListJobsResponse {
+    return ListJobsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListJobsResponse>): ListJobsResponse {
+    const message = createBaseListJobsResponse();
+    message.jobs = object.jobs?.map((e) => JobInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGroomRequest(): GroomRequest {
+  return { dryRun: false };
+}
+
+export const GroomRequest: MessageFns<GroomRequest> = {
+  encode(message: GroomRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.dryRun !== false) {
+      writer.uint32(8).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GroomRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGroomRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GroomRequest {
+    return {
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: GroomRequest): unknown {
+    const obj: any = {};
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GroomRequest>): GroomRequest {
+    return GroomRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GroomRequest>): GroomRequest {
+    const message = createBaseGroomRequest();
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBaseGroomResponse(): GroomResponse {
+  return { expiredSnapshots: [], deleted: 0, retained: 0, failed: 0, details: [], dryRun: false };
+}
+
+export const GroomResponse: MessageFns<GroomResponse> = {
+  encode(message: GroomResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.expiredSnapshots) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.deleted !== 0) {
+      writer.uint32(16).uint32(message.deleted);
+    }
+    if (message.retained !== 0) {
+      writer.uint32(24).uint32(message.retained);
+    }
+    if (message.failed !== 0) {
+      writer.uint32(32).uint32(message.failed);
+    }
+    for (const v of message.details) {
+      ItemIssue.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.dryRun !== false) {
+      writer.uint32(48).bool(message.dryRun);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GroomResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGroomResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.expiredSnapshots.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.deleted = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.retained = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.failed = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.details.push(ItemIssue.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.dryRun = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GroomResponse {
+    return {
+      expiredSnapshots: globalThis.Array.isArray(object?.expiredSnapshots)
+        ? object.expiredSnapshots.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.expired_snapshots)
+        ? object.expired_snapshots.map((e: any) => globalThis.String(e))
+        : [],
+      deleted: isSet(object.deleted) ? globalThis.Number(object.deleted) : 0,
+      retained: isSet(object.retained) ? globalThis.Number(object.retained) : 0,
+      failed: isSet(object.failed) ? globalThis.Number(object.failed) : 0,
+      details: globalThis.Array.isArray(object?.details) ? object.details.map((e: any) => ItemIssue.fromJSON(e)) : [],
+      dryRun: isSet(object.dryRun)
+        ? globalThis.Boolean(object.dryRun)
+        : isSet(object.dry_run)
+        ? globalThis.Boolean(object.dry_run)
+        : false,
+    };
+  },
+
+  toJSON(message: GroomResponse): unknown {
+    const obj: any = {};
+    if (message.expiredSnapshots?.length) {
+      obj.expiredSnapshots = message.expiredSnapshots;
+    }
+    if (message.deleted !== 0) {
+      obj.deleted = Math.round(message.deleted);
+    }
+    if (message.retained !== 0) {
+      obj.retained = Math.round(message.retained);
+    }
+    if (message.failed !== 0) {
+      obj.failed = Math.round(message.failed);
+    }
+    if (message.details?.length) {
+      obj.details = message.details.map((e) => ItemIssue.toJSON(e));
+    }
+    if (message.dryRun !== false) {
+      obj.dryRun = message.dryRun;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GroomResponse>): GroomResponse {
+    return GroomResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GroomResponse>): GroomResponse {
+    const message = createBaseGroomResponse();
+    message.expiredSnapshots = object.expiredSnapshots?.map((e) => e) || [];
+    message.deleted = object.deleted ?? 0;
+    message.retained = object.retained ?? 0;
+    message.failed = object.failed ?? 0;
+    message.details = object.details?.map((e) => ItemIssue.fromPartial(e)) || [];
+    message.dryRun = object.dryRun ?? false;
+    return message;
+  },
+};
+
+function createBaseAuditResponse(): AuditResponse {
+  return { snapshots: 0, pairs: 0n, covered: 0n, coverage: 0, uncovered: [], tampered: [] };
+}
+
+export const AuditResponse: MessageFns<AuditResponse> = {
+  encode(message: AuditResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.snapshots !== 0) {
+      writer.uint32(8).uint32(message.snapshots);
+    }
+    if (message.pairs !== 0n) {
+      if (BigInt.asUintN(64, message.pairs) !== message.pairs) {
+        throw new globalThis.Error("value provided for field message.pairs of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.pairs);
+    }
+    if (message.covered !== 0n) {
+      if (BigInt.asUintN(64, message.covered) !== message.covered) {
+        throw new globalThis.Error("value provided for field message.covered of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.covered);
+    }
+    if (message.coverage !== 0) {
+      writer.uint32(33).double(message.coverage);
+    }
+    for (const v of message.uncovered) {
+      ItemIssue.encode(v!, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.tampered) {
+      ItemIssue.encode(v!, writer.uint32(50).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuditResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuditResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.snapshots = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pairs = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.covered = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.coverage = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.uncovered.push(ItemIssue.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.tampered.push(ItemIssue.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuditResponse {
+    return {
+      snapshots: isSet(object.snapshots) ? globalThis.Number(object.snapshots) : 0,
+      pairs: isSet(object.pairs) ? BigInt(object.pairs) : 0n,
+      covered: isSet(object.covered) ? BigInt(object.covered) : 0n,
+      coverage: isSet(object.coverage) ? globalThis.Number(object.coverage) : 0,
+      uncovered: globalThis.Array.isArray(object?.uncovered)
+        ? object.uncovered.map((e: any) => ItemIssue.fromJSON(e))
+        : [],
+      tampered: globalThis.Array.isArray(object?.tampered)
+        ? object.tampered.map((e: any) => ItemIssue.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: AuditResponse): unknown {
+    const obj: any = {};
+    if (message.snapshots !== 0) {
+      obj.snapshots = Math.round(message.snapshots);
+    }
+    if (message.pairs !== 0n) {
+      obj.pairs = message.pairs.toString();
+    }
+    if (message.covered !== 0n) {
+      obj.covered = message.covered.toString();
+    }
+    if (message.coverage !== 0) {
+      obj.coverage = floatToJson(message.coverage);
+    }
+    if (message.uncovered?.length) {
+      obj.uncovered = message.uncovered.map((e) => ItemIssue.toJSON(e));
+    }
+    if (message.tampered?.length) {
+      obj.tampered = message.tampered.map((e) => ItemIssue.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AuditResponse>): AuditResponse {
+    return AuditResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AuditResponse>): AuditResponse {
+    const message = createBaseAuditResponse();
+    message.snapshots = object.snapshots ?? 0;
+    message.pairs = (object.pairs !== undefined && object.pairs !== null) ? BigInt(object.pairs) : 0n;
+    message.covered = (object.covered !== undefined && object.covered !== null) ? BigInt(object.covered) : 0n;
+    message.coverage = object.coverage ?? 0;
+    message.uncovered = object.uncovered?.map((e) => ItemIssue.fromPartial(e)) || [];
+    message.tampered = object.tampered?.map((e) => ItemIssue.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRebuildResponse(): RebuildResponse {
+  return { hosts: 0, snapshots: 0 };
+}
+
+export const RebuildResponse: MessageFns<RebuildResponse> = {
+  encode(message: RebuildResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hosts !== 0) {
+      writer.uint32(8).uint32(message.hosts);
+    }
+    if (message.snapshots !== 0) {
+      writer.uint32(16).uint32(message.snapshots);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RebuildResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRebuildResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.hosts = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.snapshots = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RebuildResponse {
+    return {
+      hosts: isSet(object.hosts) ? globalThis.Number(object.hosts) : 0,
+      snapshots: isSet(object.snapshots) ? globalThis.Number(object.snapshots) : 0,
+    };
+  },
+
+  toJSON(message: RebuildResponse): unknown {
+    const obj: any = {};
+    if (message.hosts !== 0) {
+      obj.hosts = Math.round(message.hosts);
+    }
+    if (message.snapshots !== 0) {
+      obj.snapshots = Math.round(message.snapshots);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RebuildResponse>): RebuildResponse {
+    return RebuildResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RebuildResponse>): RebuildResponse {
+    const message = createBaseRebuildResponse();
+    message.hosts = object.hosts ?? 0;
+    message.snapshots = object.snapshots ?? 0;
     return message;
   },
 };
 
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
+  createToken: {
+    path: "/bulwark.v1.AdminService/CreateToken" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateTokenRequest): Buffer => Buffer.from(CreateTokenRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateTokenRequest => CreateTokenRequest.decode(value),
+    responseSerialize: (value: CreateTokenResponse): Buffer => Buffer.from(CreateTokenResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateTokenResponse => CreateTokenResponse.decode(value),
+  },
+  addTarget: {
+    path: "/bulwark.v1.AdminService/AddTarget" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AddTargetRequest): Buffer => Buffer.from(AddTargetRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AddTargetRequest => AddTargetRequest.decode(value),
+    responseSerialize: (value: TargetInfo): Buffer => Buffer.from(TargetInfo.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TargetInfo => TargetInfo.decode(value),
+  },
+  listTargets: {
+    path: "/bulwark.v1.AdminService/ListTargets" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    requestDeserialize: (value: Buffer): Empty => Empty.decode(value),
+    responseSerialize: (value: ListTargetsResponse): Buffer => Buffer.from(ListTargetsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListTargetsResponse => ListTargetsResponse.decode(value),
+  },
+  checkTarget: {
+    path: "/bulwark.v1.AdminService/CheckTarget" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CheckTargetRequest): Buffer => Buffer.from(CheckTargetRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CheckTargetRequest => CheckTargetRequest.decode(value),
+    responseSerialize: (value: CheckTargetResponse): Buffer => Buffer.from(CheckTargetResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CheckTargetResponse => CheckTargetResponse.decode(value),
+  },
+  createPolicy: {
+    path: "/bulwark.v1.AdminService/CreatePolicy" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PolicyInfo): Buffer => Buffer.from(PolicyInfo.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PolicyInfo => PolicyInfo.decode(value),
+    responseSerialize: (value: PolicyInfo): Buffer => Buffer.from(PolicyInfo.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PolicyInfo => PolicyInfo.decode(value),
+  },
+  listPolicies: {
+    path: "/bulwark.v1.AdminService/ListPolicies" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    requestDeserialize: (value: Buffer): Empty => Empty.decode(value),
+    responseSerialize: (value: ListPoliciesResponse): Buffer =>
+      Buffer.from(ListPoliciesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListPoliciesResponse => ListPoliciesResponse.decode(value),
+  },
+  deletePolicy: {
+    path: "/bulwark.v1.AdminService/DeletePolicy" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: NameRequest): Buffer => Buffer.from(NameRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): NameRequest => NameRequest.decode(value),
+    responseSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    responseDeserialize: (value: Buffer): Empty => Empty.decode(value),
+  },
   listHosts: {
     path: "/bulwark.v1.AdminService/ListHosts" as const,
     requestStream: false as const,
     responseStream: false as const,
-    requestSerialize: (value: ListHostsRequest): Buffer => Buffer.from(ListHostsRequest.encode(value).finish()),
-    requestDeserialize: (value: Buffer): ListHostsRequest => ListHostsRequest.decode(value),
+    requestSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    requestDeserialize: (value: Buffer): Empty => Empty.decode(value),
     responseSerialize: (value: ListHostsResponse): Buffer => Buffer.from(ListHostsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListHostsResponse => ListHostsResponse.decode(value),
   },
@@ -642,35 +3555,224 @@ export const AdminServiceService = {
       Buffer.from(ListSnapshotsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListSnapshotsResponse => ListSnapshotsResponse.decode(value),
   },
+  listFiles: {
+    path: "/bulwark.v1.AdminService/ListFiles" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListFilesRequest): Buffer => Buffer.from(ListFilesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListFilesRequest => ListFilesRequest.decode(value),
+    responseSerialize: (value: ListFilesResponse): Buffer => Buffer.from(ListFilesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListFilesResponse => ListFilesResponse.decode(value),
+  },
   startBackup: {
     path: "/bulwark.v1.AdminService/StartBackup" as const,
     requestStream: false as const,
     responseStream: false as const,
     requestSerialize: (value: StartBackupRequest): Buffer => Buffer.from(StartBackupRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): StartBackupRequest => StartBackupRequest.decode(value),
-    responseSerialize: (value: StartJobResponse): Buffer => Buffer.from(StartJobResponse.encode(value).finish()),
-    responseDeserialize: (value: Buffer): StartJobResponse => StartJobResponse.decode(value),
+    responseSerialize: (value: JobInfo): Buffer => Buffer.from(JobInfo.encode(value).finish()),
+    responseDeserialize: (value: Buffer): JobInfo => JobInfo.decode(value),
+  },
+  startRestore: {
+    path: "/bulwark.v1.AdminService/StartRestore" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StartRestoreRequest): Buffer => Buffer.from(StartRestoreRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StartRestoreRequest => StartRestoreRequest.decode(value),
+    responseSerialize: (value: JobInfo): Buffer => Buffer.from(JobInfo.encode(value).finish()),
+    responseDeserialize: (value: Buffer): JobInfo => JobInfo.decode(value),
+  },
+  listJobs: {
+    path: "/bulwark.v1.AdminService/ListJobs" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    requestDeserialize: (value: Buffer): Empty => Empty.decode(value),
+    responseSerialize: (value: ListJobsResponse): Buffer => Buffer.from(ListJobsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListJobsResponse => ListJobsResponse.decode(value),
+  },
+  watchJob: {
+    path: "/bulwark.v1.AdminService/WatchJob" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: JobRequest): Buffer => Buffer.from(JobRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): JobRequest => JobRequest.decode(value),
+    responseSerialize: (value: JobInfo): Buffer => Buffer.from(JobInfo.encode(value).finish()),
+    responseDeserialize: (value: Buffer): JobInfo => JobInfo.decode(value),
+  },
+  cancelJob: {
+    path: "/bulwark.v1.AdminService/CancelJob" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: JobRequest): Buffer => Buffer.from(JobRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): JobRequest => JobRequest.decode(value),
+    responseSerialize: (value: JobInfo): Buffer => Buffer.from(JobInfo.encode(value).finish()),
+    responseDeserialize: (value: Buffer): JobInfo => JobInfo.decode(value),
+  },
+  groom: {
+    path: "/bulwark.v1.AdminService/Groom" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GroomRequest): Buffer => Buffer.from(GroomRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GroomRequest => GroomRequest.decode(value),
+    responseSerialize: (value: GroomResponse): Buffer => Buffer.from(GroomResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GroomResponse => GroomResponse.decode(value),
+  },
+  audit: {
+    path: "/bulwark.v1.AdminService/Audit" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    requestDeserialize: (value: Buffer): Empty => Empty.decode(value),
+    responseSerialize: (value: AuditResponse): Buffer => Buffer.from(AuditResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AuditResponse => AuditResponse.decode(value),
+  },
+  rebuildCatalog: {
+    path: "/bulwark.v1.AdminService/RebuildCatalog" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: Empty): Buffer => Buffer.from(Empty.encode(value).finish()),
+    requestDeserialize: (value: Buffer): Empty => Empty.decode(value),
+    responseSerialize: (value: RebuildResponse): Buffer => Buffer.from(RebuildResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RebuildResponse => RebuildResponse.decode(value),
   },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
-  listHosts: handleUnaryCall<ListHostsRequest, ListHostsResponse>;
+  createToken: handleUnaryCall<CreateTokenRequest, CreateTokenResponse>;
+  addTarget: handleUnaryCall<AddTargetRequest, TargetInfo>;
+  listTargets: handleUnaryCall<Empty, ListTargetsResponse>;
+  checkTarget: handleUnaryCall<CheckTargetRequest, CheckTargetResponse>;
+  createPolicy: handleUnaryCall<PolicyInfo, PolicyInfo>;
+  listPolicies: handleUnaryCall<Empty, ListPoliciesResponse>;
+  deletePolicy: handleUnaryCall<NameRequest, Empty>;
+  listHosts: handleUnaryCall<Empty, ListHostsResponse>;
   listSnapshots: handleUnaryCall<ListSnapshotsRequest, ListSnapshotsResponse>;
-  startBackup: handleUnaryCall<StartBackupRequest, StartJobResponse>;
+  listFiles: handleUnaryCall<ListFilesRequest, ListFilesResponse>;
+  startBackup: handleUnaryCall<StartBackupRequest, JobInfo>;
+  startRestore: handleUnaryCall<StartRestoreRequest, JobInfo>;
+  listJobs: handleUnaryCall<Empty, ListJobsResponse>;
+  watchJob: handleServerStreamingCall<JobRequest, JobInfo>;
+  cancelJob: handleUnaryCall<JobRequest, JobInfo>;
+  groom: handleUnaryCall<GroomRequest, GroomResponse>;
+  audit: handleUnaryCall<Empty, AuditResponse>;
+  rebuildCatalog: handleUnaryCall<Empty, RebuildResponse>;
 }
 
 export interface AdminServiceClient extends Client {
+  createToken(
+    request: CreateTokenRequest,
+    callback: (error: ServiceError | null, response: CreateTokenResponse) => void,
+  ): ClientUnaryCall;
+  createToken(
+    request: CreateTokenRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateTokenResponse) => void,
+  ): ClientUnaryCall;
+  createToken(
+    request: CreateTokenRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateTokenResponse) => void,
+  ): ClientUnaryCall;
+  addTarget(
+    request: AddTargetRequest,
+    callback: (error: ServiceError | null, response: TargetInfo) => void,
+  ): ClientUnaryCall;
+  addTarget(
+    request: AddTargetRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TargetInfo) => void,
+  ): ClientUnaryCall;
+  addTarget(
+    request: AddTargetRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TargetInfo) => void,
+  ): ClientUnaryCall;
+  listTargets(
+    request: Empty,
+    callback: (error: ServiceError | null, response: ListTargetsResponse) => void,
+  ): ClientUnaryCall;
+  listTargets(
+    request: Empty,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListTargetsResponse) => void,
+  ): ClientUnaryCall;
+  listTargets(
+    request: Empty,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListTargetsResponse) => void,
+  ): ClientUnaryCall;
+  checkTarget(
+    request: CheckTargetRequest,
+    callback: (error: ServiceError | null, response: CheckTargetResponse) => void,
+  ): ClientUnaryCall;
+  checkTarget(
+    request: CheckTargetRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CheckTargetResponse) => void,
+  ): ClientUnaryCall;
+  checkTarget(
+    request: CheckTargetRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CheckTargetResponse) => void,
+  ): ClientUnaryCall;
+  createPolicy(
+    request: PolicyInfo,
+    callback: (error: ServiceError | null, response: PolicyInfo) => void,
+  ): ClientUnaryCall;
+  createPolicy(
+    request: PolicyInfo,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PolicyInfo) => void,
+  ): ClientUnaryCall;
+  createPolicy(
+    request: PolicyInfo,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PolicyInfo) => void,
+  ): ClientUnaryCall;
+  listPolicies(
+    request: Empty,
+    callback: (error: ServiceError | null, response: ListPoliciesResponse) => void,
+  ): ClientUnaryCall;
+  listPolicies(
+    request: Empty,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListPoliciesResponse) => void,
+  ): ClientUnaryCall;
+  listPolicies(
+    request: Empty,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListPoliciesResponse) => void,
+  ): ClientUnaryCall;
+  deletePolicy(request: NameRequest, callback: (error: ServiceError | null, response: Empty) => void): ClientUnaryCall;
+  deletePolicy(
+    request: NameRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: Empty) => void,
+  ): ClientUnaryCall;
+  deletePolicy(
+    request: NameRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: Empty) => void,
+  ): ClientUnaryCall;
   listHosts(
-    request: ListHostsRequest,
+    request: Empty,
     callback: (error: ServiceError | null, response: ListHostsResponse) => void,
   ): ClientUnaryCall;
   listHosts(
-    request: ListHostsRequest,
+    request: Empty,
     metadata: Metadata,
     callback: (error: ServiceError | null, response: ListHostsResponse) => void,
   ): ClientUnaryCall;
   listHosts(
-    request: ListHostsRequest,
+    request: Empty,
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListHostsResponse) => void,
@@ -690,20 +3792,118 @@ export interface AdminServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListSnapshotsResponse) => void,
   ): ClientUnaryCall;
+  listFiles(
+    request: ListFilesRequest,
+    callback: (error: ServiceError | null, response: ListFilesResponse) => void,
+  ): ClientUnaryCall;
+  listFiles(
+    request: ListFilesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListFilesResponse) => void,
+  ): ClientUnaryCall;
+  listFiles(
+    request: ListFilesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListFilesResponse) => void,
+  ): ClientUnaryCall;
   startBackup(
     request: StartBackupRequest,
-    callback: (error: ServiceError | null, response: StartJobResponse) => void,
+    callback: (error: ServiceError | null, response: JobInfo) => void,
   ): ClientUnaryCall;
   startBackup(
     request: StartBackupRequest,
     metadata: Metadata,
-    callback: (error: ServiceError | null, response: StartJobResponse) => void,
+    callback: (error: ServiceError | null, response: JobInfo) => void,
   ): ClientUnaryCall;
   startBackup(
     request: StartBackupRequest,
     metadata: Metadata,
     options: Partial<CallOptions>,
-    callback: (error: ServiceError | null, response: StartJobResponse) => void,
+    callback: (error: ServiceError | null, response: JobInfo) => void,
+  ): ClientUnaryCall;
+  startRestore(
+    request: StartRestoreRequest,
+    callback: (error: ServiceError | null, response: JobInfo) => void,
+  ): ClientUnaryCall;
+  startRestore(
+    request: StartRestoreRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: JobInfo) => void,
+  ): ClientUnaryCall;
+  startRestore(
+    request: StartRestoreRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: JobInfo) => void,
+  ): ClientUnaryCall;
+  listJobs(request: Empty, callback: (error: ServiceError | null, response: ListJobsResponse) => void): ClientUnaryCall;
+  listJobs(
+    request: Empty,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
+  ): ClientUnaryCall;
+  listJobs(
+    request: Empty,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
+  ): ClientUnaryCall;
+  watchJob(request: JobRequest, options?: Partial<CallOptions>): ClientReadableStream<JobInfo>;
+  watchJob(request: JobRequest, metadata?: Metadata, options?: Partial<CallOptions>): ClientReadableStream<JobInfo>;
+  cancelJob(request: JobRequest, callback: (error: ServiceError | null, response: JobInfo) => void): ClientUnaryCall;
+  cancelJob(
+    request: JobRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: JobInfo) => void,
+  ): ClientUnaryCall;
+  cancelJob(
+    request: JobRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: JobInfo) => void,
+  ): ClientUnaryCall;
+  groom(
+    request: GroomRequest,
+    callback: (error: ServiceError | null, response: GroomResponse) => void,
+  ): ClientUnaryCall;
+  groom(
+    request: GroomRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GroomResponse) => void,
+  ): ClientUnaryCall;
+  groom(
+    request: GroomRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GroomResponse) => void,
+  ): ClientUnaryCall;
+  audit(request: Empty, callback: (error: ServiceError | null, response: AuditResponse) => void): ClientUnaryCall;
+  audit(
+    request: Empty,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AuditResponse) => void,
+  ): ClientUnaryCall;
+  audit(
+    request: Empty,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AuditResponse) => void,
+  ): ClientUnaryCall;
+  rebuildCatalog(
+    request: Empty,
+    callback: (error: ServiceError | null, response: RebuildResponse) => void,
+  ): ClientUnaryCall;
+  rebuildCatalog(
+    request: Empty,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RebuildResponse) => void,
+  ): ClientUnaryCall;
+  rebuildCatalog(
+    request: Empty,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RebuildResponse) => void,
   ): ClientUnaryCall;
 }
 
@@ -715,6 +3915,10 @@ export const AdminServiceClient = makeGenericClientConstructor(
   service: typeof AdminServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 

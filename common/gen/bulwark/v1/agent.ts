@@ -20,7 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { ErrorInfo, Progress, SnapshotSummary } from "./common.js";
+import { ErrorInfo, ItemIssue, Progress } from "./common.js";
 
 export const protobufPackage = "bulwark.v1";
 
@@ -39,7 +39,7 @@ export interface EnrollResponse {
   caCertPem: string;
 }
 
-/** Maps to agent/session.ts AgentEvent. */
+/** Maps to agent/session.ts (agent → controller). */
 export interface AgentMessage {
   body:
     | { $case: "hello"; value: Hello }
@@ -51,7 +51,8 @@ export interface AgentMessage {
 
 export interface Hello {
   agentVersion: string;
-  /** The newest snapshot the agent committed, so the controller can reconcile after a restart. */
+  hostname: string;
+  /** The newest snapshot this agent committed, so the controller can reconcile after a restart. */
   lastSnapshotId: string;
 }
 
@@ -67,22 +68,50 @@ export interface JobProgress {
 export interface JobResult {
   jobId: string;
   ok: boolean;
-  error: ErrorInfo | undefined;
-  snapshot:
-    | SnapshotSummary
+  error:
+    | ErrorInfo
     | undefined;
-  /** Items skipped by the per-item error policy (path + reason), never silently lost. */
-  skipped: SkippedItem[];
+  /** Backup: the snapshot written (the controller reads the manifest from the bucket itself). */
+  snapshotId: string;
+  issues: ItemIssue[];
+  /** Restore: what was restored. */
+  files: bigint;
+  bytes: bigint;
 }
 
-export interface SkippedItem {
-  path: string;
-  reason: string;
-}
-
-/** Maps to controller/dispatcher.ts ControllerEvent. */
+/** Maps to controller/dispatcher.ts (controller → agent). */
 export interface ControllerMessage {
-  body: { $case: "job"; value: Job } | { $case: "cancel"; value: Cancel } | undefined;
+  body:
+    | { $case: "config"; value: AgentConfig }
+    | { $case: "job"; value: Job }
+    | { $case: "cancel"; value: Cancel }
+    | undefined;
+}
+
+/** Everything an agent needs to read and write its own host's data, sent over mTLS only. */
+export interface AgentConfig {
+  hostId: string;
+  target:
+    | S3Target
+    | undefined;
+  /** Host keys (see common/repo/keys.ts): enc, id, chunk — this host's only. */
+  keyEnc: Buffer;
+  keyId: Buffer;
+  keyChunk: Buffer;
+  /** The repository config as stored (JSON). */
+  repoConfigJson: string;
+  paths: string[];
+  excludes: string[];
+}
+
+/** Maps to common/storage/s3-store.ts S3StoreOptions (with the agent credential). */
+export interface S3Target {
+  endpoint: string;
+  region: string;
+  bucket: string;
+  prefix: string;
+  accessKeyId: string;
+  secretAccessKey: string;
 }
 
 export interface Job {
@@ -91,17 +120,24 @@ export interface Job {
 }
 
 export interface BackupJob {
-  paths: string[];
-  excludes: string[];
-  retainUntilMs: bigint;
   lockMode: string;
+  retainUntilMs: bigint;
+  expiresAtMs: bigint;
+  /** The snapshot to build on ("" = the agent's last committed one, or none). */
+  parentSnapshotId: string;
   /** Packs whose data must be written afresh (look-ahead re-protection). */
   reprotectPacks: string[];
+  policy: string;
 }
 
 export interface RestoreJob {
   snapshotId: string;
+  /** The host whose snapshot is restored (may differ from the agent's own host). */
   sourceHostId: string;
+  /** The source host's keys when it is another host. */
+  sourceKeyEnc: Buffer;
+  sourceKeyId: Buffer;
+  sourceKeyChunk: Buffer;
   paths: string[];
   targetDir: string;
   overwrite: boolean;
@@ -477,7 +513,7 @@ export const AgentMessage: MessageFns<AgentMessage> = {
 };
 
 function createBaseHello(): Hello {
-  return { agentVersion: "", lastSnapshotId: "" };
+  return { agentVersion: "", hostname: "", lastSnapshotId: "" };
 }
 
 export const Hello: MessageFns<Hello> = {
@@ -485,8 +521,11 @@ export const Hello: MessageFns<Hello> = {
     if (message.agentVersion !== "") {
       writer.uint32(10).string(message.agentVersion);
     }
+    if (message.hostname !== "") {
+      writer.uint32(18).string(message.hostname);
+    }
     if (message.lastSnapshotId !== "") {
-      writer.uint32(18).string(message.lastSnapshotId);
+      writer.uint32(26).string(message.lastSnapshotId);
     }
     return writer;
   },
@@ -517,6 +556,14 @@ export const Hello: MessageFns<Hello> = {
               break;
             }
 
+            message.hostname = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
             message.lastSnapshotId = reader.string();
             continue;
           }
@@ -539,6 +586,7 @@ export const Hello: MessageFns<Hello> = {
         : isSet(object.agent_version)
         ? globalThis.String(object.agent_version)
         : "",
+      hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "",
       lastSnapshotId: isSet(object.lastSnapshotId)
         ? globalThis.String(object.lastSnapshotId)
         : isSet(object.last_snapshot_id)
@@ -552,6 +600,9 @@ export const Hello: MessageFns<Hello> = {
     if (message.agentVersion !== "") {
       obj.agentVersion = message.agentVersion;
     }
+    if (message.hostname !== "") {
+      obj.hostname = message.hostname;
+    }
     if (message.lastSnapshotId !== "") {
       obj.lastSnapshotId = message.lastSnapshotId;
     }
@@ -564,6 +615,7 @@ export const Hello: MessageFns<Hello> = {
   fromPartial(object: DeepPartial<Hello>): Hello {
     const message = createBaseHello();
     message.agentVersion = object.agentVersion ?? "";
+    message.hostname = object.hostname ?? "";
     message.lastSnapshotId = object.lastSnapshotId ?? "";
     return message;
   },
@@ -733,7 +785,7 @@ export const JobProgress: MessageFns<JobProgress> = {
 };
 
 function createBaseJobResult(): JobResult {
-  return { jobId: "", ok: false, error: undefined, snapshot: undefined, skipped: [] };
+  return { jobId: "", ok: false, error: undefined, snapshotId: "", issues: [], files: 0n, bytes: 0n };
 }
 
 export const JobResult: MessageFns<JobResult> = {
@@ -747,11 +799,23 @@ export const JobResult: MessageFns<JobResult> = {
     if (message.error !== undefined) {
       ErrorInfo.encode(message.error, writer.uint32(26).fork()).join();
     }
-    if (message.snapshot !== undefined) {
-      SnapshotSummary.encode(message.snapshot, writer.uint32(34).fork()).join();
+    if (message.snapshotId !== "") {
+      writer.uint32(34).string(message.snapshotId);
     }
-    for (const v of message.skipped) {
-      SkippedItem.encode(v!, writer.uint32(42).fork()).join();
+    for (const v of message.issues) {
+      ItemIssue.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.files !== 0n) {
+      if (BigInt.asUintN(64, message.files) !== message.files) {
+        throw new globalThis.Error("value provided for field message.files of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.files);
+    }
+    if (message.bytes !== 0n) {
+      if (BigInt.asUintN(64, message.bytes) !== message.bytes) {
+        throw new globalThis.Error("value provided for field message.bytes of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.bytes);
     }
     return writer;
   },
@@ -798,7 +862,7 @@ export const JobResult: MessageFns<JobResult> = {
               break;
             }
 
-            message.snapshot = SnapshotSummary.decode(reader, reader.uint32());
+            message.snapshotId = reader.string();
             continue;
           }
           case 5: {
@@ -806,7 +870,23 @@ export const JobResult: MessageFns<JobResult> = {
               break;
             }
 
-            message.skipped.push(SkippedItem.decode(reader, reader.uint32()));
+            message.issues.push(ItemIssue.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.files = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.bytes = reader.uint64() as bigint;
             continue;
           }
         }
@@ -830,8 +910,14 @@ export const JobResult: MessageFns<JobResult> = {
         : "",
       ok: isSet(object.ok) ? globalThis.Boolean(object.ok) : false,
       error: isSet(object.error) ? ErrorInfo.fromJSON(object.error) : undefined,
-      snapshot: isSet(object.snapshot) ? SnapshotSummary.fromJSON(object.snapshot) : undefined,
-      skipped: globalThis.Array.isArray(object?.skipped) ? object.skipped.map((e: any) => SkippedItem.fromJSON(e)) : [],
+      snapshotId: isSet(object.snapshotId)
+        ? globalThis.String(object.snapshotId)
+        : isSet(object.snapshot_id)
+        ? globalThis.String(object.snapshot_id)
+        : "",
+      issues: globalThis.Array.isArray(object?.issues) ? object.issues.map((e: any) => ItemIssue.fromJSON(e)) : [],
+      files: isSet(object.files) ? BigInt(object.files) : 0n,
+      bytes: isSet(object.bytes) ? BigInt(object.bytes) : 0n,
     };
   },
 
@@ -846,11 +932,17 @@ export const JobResult: MessageFns<JobResult> = {
     if (message.error !== undefined) {
       obj.error = ErrorInfo.toJSON(message.error);
     }
-    if (message.snapshot !== undefined) {
-      obj.snapshot = SnapshotSummary.toJSON(message.snapshot);
+    if (message.snapshotId !== "") {
+      obj.snapshotId = message.snapshotId;
     }
-    if (message.skipped?.length) {
-      obj.skipped = message.skipped.map((e) => SkippedItem.toJSON(e));
+    if (message.issues?.length) {
+      obj.issues = message.issues.map((e) => ItemIssue.toJSON(e));
+    }
+    if (message.files !== 0n) {
+      obj.files = message.files.toString();
+    }
+    if (message.bytes !== 0n) {
+      obj.bytes = message.bytes.toString();
     }
     return obj;
   },
@@ -865,95 +957,10 @@ export const JobResult: MessageFns<JobResult> = {
     message.error = (object.error !== undefined && object.error !== null)
       ? ErrorInfo.fromPartial(object.error)
       : undefined;
-    message.snapshot = (object.snapshot !== undefined && object.snapshot !== null)
-      ? SnapshotSummary.fromPartial(object.snapshot)
-      : undefined;
-    message.skipped = object.skipped?.map((e) => SkippedItem.fromPartial(e)) || [];
-    return message;
-  },
-};
-
-function createBaseSkippedItem(): SkippedItem {
-  return { path: "", reason: "" };
-}
-
-export const SkippedItem: MessageFns<SkippedItem> = {
-  encode(message: SkippedItem, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.path !== "") {
-      writer.uint32(10).string(message.path);
-    }
-    if (message.reason !== "") {
-      writer.uint32(18).string(message.reason);
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): SkippedItem {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseSkippedItem();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.path = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.reason = reader.string();
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  fromJSON(object: any): SkippedItem {
-    return {
-      path: isSet(object.path) ? globalThis.String(object.path) : "",
-      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
-    };
-  },
-
-  toJSON(message: SkippedItem): unknown {
-    const obj: any = {};
-    if (message.path !== "") {
-      obj.path = message.path;
-    }
-    if (message.reason !== "") {
-      obj.reason = message.reason;
-    }
-    return obj;
-  },
-
-  create(base?: DeepPartial<SkippedItem>): SkippedItem {
-    return SkippedItem.fromPartial(base ?? {});
-  },
-  fromPartial(object: DeepPartial<SkippedItem>): SkippedItem {
-    const message = createBaseSkippedItem();
-    message.path = object.path ?? "";
-    message.reason = object.reason ?? "";
+    message.snapshotId = object.snapshotId ?? "";
+    message.issues = object.issues?.map((e) => ItemIssue.fromPartial(e)) || [];
+    message.files = (object.files !== undefined && object.files !== null) ? BigInt(object.files) : 0n;
+    message.bytes = (object.bytes !== undefined && object.bytes !== null) ? BigInt(object.bytes) : 0n;
     return message;
   },
 };
@@ -965,11 +972,14 @@ function createBaseControllerMessage(): ControllerMessage {
 export const ControllerMessage: MessageFns<ControllerMessage> = {
   encode(message: ControllerMessage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     switch (message.body?.$case) {
+      case "config":
+        AgentConfig.encode(message.body.value, writer.uint32(10).fork()).join();
+        break;
       case "job":
-        Job.encode(message.body.value, writer.uint32(10).fork()).join();
+        Job.encode(message.body.value, writer.uint32(18).fork()).join();
         break;
       case "cancel":
-        Cancel.encode(message.body.value, writer.uint32(18).fork()).join();
+        Cancel.encode(message.body.value, writer.uint32(26).fork()).join();
         break;
     }
     return writer;
@@ -993,11 +1003,19 @@ export const ControllerMessage: MessageFns<ControllerMessage> = {
               break;
             }
 
-            message.body = { $case: "job", value: Job.decode(reader, reader.uint32()) };
+            message.body = { $case: "config", value: AgentConfig.decode(reader, reader.uint32()) };
             continue;
           }
           case 2: {
             if (tag !== 18) {
+              break;
+            }
+
+            message.body = { $case: "job", value: Job.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
               break;
             }
 
@@ -1018,7 +1036,9 @@ export const ControllerMessage: MessageFns<ControllerMessage> = {
 
   fromJSON(object: any): ControllerMessage {
     return {
-      body: isSet(object.job)
+      body: isSet(object.config)
+        ? { $case: "config", value: AgentConfig.fromJSON(object.config) }
+        : isSet(object.job)
         ? { $case: "job", value: Job.fromJSON(object.job) }
         : isSet(object.cancel)
         ? { $case: "cancel", value: Cancel.fromJSON(object.cancel) }
@@ -1028,7 +1048,9 @@ export const ControllerMessage: MessageFns<ControllerMessage> = {
 
   toJSON(message: ControllerMessage): unknown {
     const obj: any = {};
-    if (message.body?.$case === "job") {
+    if (message.body?.$case === "config") {
+      obj.config = AgentConfig.toJSON(message.body.value);
+    } else if (message.body?.$case === "job") {
       obj.job = Job.toJSON(message.body.value);
     } else if (message.body?.$case === "cancel") {
       obj.cancel = Cancel.toJSON(message.body.value);
@@ -1042,6 +1064,12 @@ export const ControllerMessage: MessageFns<ControllerMessage> = {
   fromPartial(object: DeepPartial<ControllerMessage>): ControllerMessage {
     const message = createBaseControllerMessage();
     switch (object.body?.$case) {
+      case "config": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "config", value: AgentConfig.fromPartial(object.body.value) };
+        }
+        break;
+      }
       case "job": {
         if (object.body?.value !== undefined && object.body?.value !== null) {
           message.body = { $case: "job", value: Job.fromPartial(object.body.value) };
@@ -1055,6 +1083,379 @@ export const ControllerMessage: MessageFns<ControllerMessage> = {
         break;
       }
     }
+    return message;
+  },
+};
+
+function createBaseAgentConfig(): AgentConfig {
+  return {
+    hostId: "",
+    target: undefined,
+    keyEnc: Buffer.alloc(0),
+    keyId: Buffer.alloc(0),
+    keyChunk: Buffer.alloc(0),
+    repoConfigJson: "",
+    paths: [],
+    excludes: [],
+  };
+}
+
+export const AgentConfig: MessageFns<AgentConfig> = {
+  encode(message: AgentConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    if (message.target !== undefined) {
+      S3Target.encode(message.target, writer.uint32(18).fork()).join();
+    }
+    if (message.keyEnc.length !== 0) {
+      writer.uint32(26).bytes(message.keyEnc);
+    }
+    if (message.keyId.length !== 0) {
+      writer.uint32(34).bytes(message.keyId);
+    }
+    if (message.keyChunk.length !== 0) {
+      writer.uint32(42).bytes(message.keyChunk);
+    }
+    if (message.repoConfigJson !== "") {
+      writer.uint32(50).string(message.repoConfigJson);
+    }
+    for (const v of message.paths) {
+      writer.uint32(58).string(v!);
+    }
+    for (const v of message.excludes) {
+      writer.uint32(66).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AgentConfig {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAgentConfig();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.target = S3Target.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.keyEnc = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.keyId = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.keyChunk = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.repoConfigJson = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.paths.push(reader.string());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.excludes.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AgentConfig {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      target: isSet(object.target) ? S3Target.fromJSON(object.target) : undefined,
+      keyEnc: isSet(object.keyEnc)
+        ? Buffer.from(bytesFromBase64(object.keyEnc))
+        : isSet(object.key_enc)
+        ? Buffer.from(bytesFromBase64(object.key_enc))
+        : Buffer.alloc(0),
+      keyId: isSet(object.keyId)
+        ? Buffer.from(bytesFromBase64(object.keyId))
+        : isSet(object.key_id)
+        ? Buffer.from(bytesFromBase64(object.key_id))
+        : Buffer.alloc(0),
+      keyChunk: isSet(object.keyChunk)
+        ? Buffer.from(bytesFromBase64(object.keyChunk))
+        : isSet(object.key_chunk)
+        ? Buffer.from(bytesFromBase64(object.key_chunk))
+        : Buffer.alloc(0),
+      repoConfigJson: isSet(object.repoConfigJson)
+        ? globalThis.String(object.repoConfigJson)
+        : isSet(object.repo_config_json)
+        ? globalThis.String(object.repo_config_json)
+        : "",
+      paths: globalThis.Array.isArray(object?.paths)
+        ? object.paths.map((e: any) => globalThis.String(e))
+        : [],
+      excludes: globalThis.Array.isArray(object?.excludes)
+        ? object.excludes.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: AgentConfig): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.target !== undefined) {
+      obj.target = S3Target.toJSON(message.target);
+    }
+    if (message.keyEnc.length !== 0) {
+      obj.keyEnc = base64FromBytes(message.keyEnc);
+    }
+    if (message.keyId.length !== 0) {
+      obj.keyId = base64FromBytes(message.keyId);
+    }
+    if (message.keyChunk.length !== 0) {
+      obj.keyChunk = base64FromBytes(message.keyChunk);
+    }
+    if (message.repoConfigJson !== "") {
+      obj.repoConfigJson = message.repoConfigJson;
+    }
+    if (message.paths?.length) {
+      obj.paths = message.paths;
+    }
+    if (message.excludes?.length) {
+      obj.excludes = message.excludes;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AgentConfig>): AgentConfig {
+    return AgentConfig.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AgentConfig>): AgentConfig {
+    const message = createBaseAgentConfig();
+    message.hostId = object.hostId ?? "";
+    message.target = (object.target !== undefined && object.target !== null)
+      ? S3Target.fromPartial(object.target)
+      : undefined;
+    message.keyEnc = object.keyEnc ?? Buffer.alloc(0);
+    message.keyId = object.keyId ?? Buffer.alloc(0);
+    message.keyChunk = object.keyChunk ?? Buffer.alloc(0);
+    message.repoConfigJson = object.repoConfigJson ?? "";
+    message.paths = object.paths?.map((e) => e) || [];
+    message.excludes = object.excludes?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseS3Target(): S3Target {
+  return { endpoint: "", region: "", bucket: "", prefix: "", accessKeyId: "", secretAccessKey: "" };
+}
+
+export const S3Target: MessageFns<S3Target> = {
+  encode(message: S3Target, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.endpoint !== "") {
+      writer.uint32(10).string(message.endpoint);
+    }
+    if (message.region !== "") {
+      writer.uint32(18).string(message.region);
+    }
+    if (message.bucket !== "") {
+      writer.uint32(26).string(message.bucket);
+    }
+    if (message.prefix !== "") {
+      writer.uint32(34).string(message.prefix);
+    }
+    if (message.accessKeyId !== "") {
+      writer.uint32(42).string(message.accessKeyId);
+    }
+    if (message.secretAccessKey !== "") {
+      writer.uint32(50).string(message.secretAccessKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): S3Target {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseS3Target();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.endpoint = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.region = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.bucket = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.prefix = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.accessKeyId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.secretAccessKey = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): S3Target {
+    return {
+      endpoint: isSet(object.endpoint) ? globalThis.String(object.endpoint) : "",
+      region: isSet(object.region) ? globalThis.String(object.region) : "",
+      bucket: isSet(object.bucket) ? globalThis.String(object.bucket) : "",
+      prefix: isSet(object.prefix) ? globalThis.String(object.prefix) : "",
+      accessKeyId: isSet(object.accessKeyId)
+        ? globalThis.String(object.accessKeyId)
+        : isSet(object.access_key_id)
+        ? globalThis.String(object.access_key_id)
+        : "",
+      secretAccessKey: isSet(object.secretAccessKey)
+        ? globalThis.String(object.secretAccessKey)
+        : isSet(object.secret_access_key)
+        ? globalThis.String(object.secret_access_key)
+        : "",
+    };
+  },
+
+  toJSON(message: S3Target): unknown {
+    const obj: any = {};
+    if (message.endpoint !== "") {
+      obj.endpoint = message.endpoint;
+    }
+    if (message.region !== "") {
+      obj.region = message.region;
+    }
+    if (message.bucket !== "") {
+      obj.bucket = message.bucket;
+    }
+    if (message.prefix !== "") {
+      obj.prefix = message.prefix;
+    }
+    if (message.accessKeyId !== "") {
+      obj.accessKeyId = message.accessKeyId;
+    }
+    if (message.secretAccessKey !== "") {
+      obj.secretAccessKey = message.secretAccessKey;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<S3Target>): S3Target {
+    return S3Target.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<S3Target>): S3Target {
+    const message = createBaseS3Target();
+    message.endpoint = object.endpoint ?? "";
+    message.region = object.region ?? "";
+    message.bucket = object.bucket ?? "";
+    message.prefix = object.prefix ?? "";
+    message.accessKeyId = object.accessKeyId ?? "";
+    message.secretAccessKey = object.secretAccessKey ?? "";
     return message;
   },
 };
@@ -1181,28 +1582,34 @@ export const Job: MessageFns<Job> = {
 };
 
 function createBaseBackupJob(): BackupJob {
-  return { paths: [], excludes: [], retainUntilMs: 0n, lockMode: "", reprotectPacks: [] };
+  return { lockMode: "", retainUntilMs: 0n, expiresAtMs: 0n, parentSnapshotId: "", reprotectPacks: [], policy: "" };
 }
 
 export const BackupJob: MessageFns<BackupJob> = {
   encode(message: BackupJob, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    for (const v of message.paths) {
-      writer.uint32(10).string(v!);
-    }
-    for (const v of message.excludes) {
-      writer.uint32(18).string(v!);
+    if (message.lockMode !== "") {
+      writer.uint32(10).string(message.lockMode);
     }
     if (message.retainUntilMs !== 0n) {
       if (BigInt.asIntN(64, message.retainUntilMs) !== message.retainUntilMs) {
         throw new globalThis.Error("value provided for field message.retainUntilMs of type int64 too large");
       }
-      writer.uint32(24).int64(message.retainUntilMs);
+      writer.uint32(16).int64(message.retainUntilMs);
     }
-    if (message.lockMode !== "") {
-      writer.uint32(34).string(message.lockMode);
+    if (message.expiresAtMs !== 0n) {
+      if (BigInt.asIntN(64, message.expiresAtMs) !== message.expiresAtMs) {
+        throw new globalThis.Error("value provided for field message.expiresAtMs of type int64 too large");
+      }
+      writer.uint32(24).int64(message.expiresAtMs);
+    }
+    if (message.parentSnapshotId !== "") {
+      writer.uint32(34).string(message.parentSnapshotId);
     }
     for (const v of message.reprotectPacks) {
       writer.uint32(42).string(v!);
+    }
+    if (message.policy !== "") {
+      writer.uint32(50).string(message.policy);
     }
     return writer;
   },
@@ -1225,15 +1632,15 @@ export const BackupJob: MessageFns<BackupJob> = {
               break;
             }
 
-            message.paths.push(reader.string());
+            message.lockMode = reader.string();
             continue;
           }
           case 2: {
-            if (tag !== 18) {
+            if (tag !== 16) {
               break;
             }
 
-            message.excludes.push(reader.string());
+            message.retainUntilMs = reader.int64() as bigint;
             continue;
           }
           case 3: {
@@ -1241,7 +1648,7 @@ export const BackupJob: MessageFns<BackupJob> = {
               break;
             }
 
-            message.retainUntilMs = reader.int64() as bigint;
+            message.expiresAtMs = reader.int64() as bigint;
             continue;
           }
           case 4: {
@@ -1249,7 +1656,7 @@ export const BackupJob: MessageFns<BackupJob> = {
               break;
             }
 
-            message.lockMode = reader.string();
+            message.parentSnapshotId = reader.string();
             continue;
           }
           case 5: {
@@ -1258,6 +1665,14 @@ export const BackupJob: MessageFns<BackupJob> = {
             }
 
             message.reprotectPacks.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.policy = reader.string();
             continue;
           }
         }
@@ -1274,42 +1689,54 @@ export const BackupJob: MessageFns<BackupJob> = {
 
   fromJSON(object: any): BackupJob {
     return {
-      paths: globalThis.Array.isArray(object?.paths) ? object.paths.map((e: any) => globalThis.String(e)) : [],
-      excludes: globalThis.Array.isArray(object?.excludes) ? object.excludes.map((e: any) => globalThis.String(e)) : [],
+      lockMode: isSet(object.lockMode)
+        ? globalThis.String(object.lockMode)
+        : isSet(object.lock_mode)
+        ? globalThis.String(object.lock_mode)
+        : "",
       retainUntilMs: isSet(object.retainUntilMs)
         ? BigInt(object.retainUntilMs)
         : isSet(object.retain_until_ms)
         ? BigInt(object.retain_until_ms)
         : 0n,
-      lockMode: isSet(object.lockMode)
-        ? globalThis.String(object.lockMode)
-        : isSet(object.lock_mode)
-        ? globalThis.String(object.lock_mode)
+      expiresAtMs: isSet(object.expiresAtMs)
+        ? BigInt(object.expiresAtMs)
+        : isSet(object.expires_at_ms)
+        ? BigInt(object.expires_at_ms)
+        : 0n,
+      parentSnapshotId: isSet(object.parentSnapshotId)
+        ? globalThis.String(object.parentSnapshotId)
+        : isSet(object.parent_snapshot_id)
+        ? globalThis.String(object.parent_snapshot_id)
         : "",
       reprotectPacks: globalThis.Array.isArray(object?.reprotectPacks)
         ? object.reprotectPacks.map((e: any) => globalThis.String(e))
         : globalThis.Array.isArray(object?.reprotect_packs)
         ? object.reprotect_packs.map((e: any) => globalThis.String(e))
         : [],
+      policy: isSet(object.policy) ? globalThis.String(object.policy) : "",
     };
   },
 
   toJSON(message: BackupJob): unknown {
     const obj: any = {};
-    if (message.paths?.length) {
-      obj.paths = message.paths;
-    }
-    if (message.excludes?.length) {
-      obj.excludes = message.excludes;
+    if (message.lockMode !== "") {
+      obj.lockMode = message.lockMode;
     }
     if (message.retainUntilMs !== 0n) {
       obj.retainUntilMs = message.retainUntilMs.toString();
     }
-    if (message.lockMode !== "") {
-      obj.lockMode = message.lockMode;
+    if (message.expiresAtMs !== 0n) {
+      obj.expiresAtMs = message.expiresAtMs.toString();
+    }
+    if (message.parentSnapshotId !== "") {
+      obj.parentSnapshotId = message.parentSnapshotId;
     }
     if (message.reprotectPacks?.length) {
       obj.reprotectPacks = message.reprotectPacks;
+    }
+    if (message.policy !== "") {
+      obj.policy = message.policy;
     }
     return obj;
   },
@@ -1319,19 +1746,31 @@ export const BackupJob: MessageFns<BackupJob> = {
   },
   fromPartial(object: DeepPartial<BackupJob>): BackupJob {
     const message = createBaseBackupJob();
-    message.paths = object.paths?.map((e) => e) || [];
-    message.excludes = object.excludes?.map((e) => e) || [];
+    message.lockMode = object.lockMode ?? "";
     message.retainUntilMs = (object.retainUntilMs !== undefined && object.retainUntilMs !== null)
       ? BigInt(object.retainUntilMs)
       : 0n;
-    message.lockMode = object.lockMode ?? "";
+    message.expiresAtMs = (object.expiresAtMs !== undefined && object.expiresAtMs !== null)
+      ? BigInt(object.expiresAtMs)
+      : 0n;
+    message.parentSnapshotId = object.parentSnapshotId ?? "";
     message.reprotectPacks = object.reprotectPacks?.map((e) => e) || [];
+    message.policy = object.policy ?? "";
     return message;
   },
 };
 
 function createBaseRestoreJob(): RestoreJob {
-  return { snapshotId: "", sourceHostId: "", paths: [], targetDir: "", overwrite: false };
+  return {
+    snapshotId: "",
+    sourceHostId: "",
+    sourceKeyEnc: Buffer.alloc(0),
+    sourceKeyId: Buffer.alloc(0),
+    sourceKeyChunk: Buffer.alloc(0),
+    paths: [],
+    targetDir: "",
+    overwrite: false,
+  };
 }
 
 export const RestoreJob: MessageFns<RestoreJob> = {
@@ -1342,14 +1781,23 @@ export const RestoreJob: MessageFns<RestoreJob> = {
     if (message.sourceHostId !== "") {
       writer.uint32(18).string(message.sourceHostId);
     }
+    if (message.sourceKeyEnc.length !== 0) {
+      writer.uint32(26).bytes(message.sourceKeyEnc);
+    }
+    if (message.sourceKeyId.length !== 0) {
+      writer.uint32(34).bytes(message.sourceKeyId);
+    }
+    if (message.sourceKeyChunk.length !== 0) {
+      writer.uint32(42).bytes(message.sourceKeyChunk);
+    }
     for (const v of message.paths) {
-      writer.uint32(26).string(v!);
+      writer.uint32(50).string(v!);
     }
     if (message.targetDir !== "") {
-      writer.uint32(34).string(message.targetDir);
+      writer.uint32(58).string(message.targetDir);
     }
     if (message.overwrite !== false) {
-      writer.uint32(40).bool(message.overwrite);
+      writer.uint32(64).bool(message.overwrite);
     }
     return writer;
   },
@@ -1388,7 +1836,7 @@ export const RestoreJob: MessageFns<RestoreJob> = {
               break;
             }
 
-            message.paths.push(reader.string());
+            message.sourceKeyEnc = Buffer.from(reader.bytes());
             continue;
           }
           case 4: {
@@ -1396,11 +1844,35 @@ export const RestoreJob: MessageFns<RestoreJob> = {
               break;
             }
 
-            message.targetDir = reader.string();
+            message.sourceKeyId = Buffer.from(reader.bytes());
             continue;
           }
           case 5: {
-            if (tag !== 40) {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sourceKeyChunk = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.paths.push(reader.string());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.targetDir = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
               break;
             }
 
@@ -1431,7 +1903,24 @@ export const RestoreJob: MessageFns<RestoreJob> = {
         : isSet(object.source_host_id)
         ? globalThis.String(object.source_host_id)
         : "",
-      paths: globalThis.Array.isArray(object?.paths) ? object.paths.map((e: any) => globalThis.String(e)) : [],
+      sourceKeyEnc: isSet(object.sourceKeyEnc)
+        ? Buffer.from(bytesFromBase64(object.sourceKeyEnc))
+        : isSet(object.source_key_enc)
+        ? Buffer.from(bytesFromBase64(object.source_key_enc))
+        : Buffer.alloc(0),
+      sourceKeyId: isSet(object.sourceKeyId)
+        ? Buffer.from(bytesFromBase64(object.sourceKeyId))
+        : isSet(object.source_key_id)
+        ? Buffer.from(bytesFromBase64(object.source_key_id))
+        : Buffer.alloc(0),
+      sourceKeyChunk: isSet(object.sourceKeyChunk)
+        ? Buffer.from(bytesFromBase64(object.sourceKeyChunk))
+        : isSet(object.source_key_chunk)
+        ? Buffer.from(bytesFromBase64(object.source_key_chunk))
+        : Buffer.alloc(0),
+      paths: globalThis.Array.isArray(object?.paths)
+        ? object.paths.map((e: any) => globalThis.String(e))
+        : [],
       targetDir: isSet(object.targetDir)
         ? globalThis.String(object.targetDir)
         : isSet(object.target_dir)
@@ -1448,6 +1937,15 @@ export const RestoreJob: MessageFns<RestoreJob> = {
     }
     if (message.sourceHostId !== "") {
       obj.sourceHostId = message.sourceHostId;
+    }
+    if (message.sourceKeyEnc.length !== 0) {
+      obj.sourceKeyEnc = base64FromBytes(message.sourceKeyEnc);
+    }
+    if (message.sourceKeyId.length !== 0) {
+      obj.sourceKeyId = base64FromBytes(message.sourceKeyId);
+    }
+    if (message.sourceKeyChunk.length !== 0) {
+      obj.sourceKeyChunk = base64FromBytes(message.sourceKeyChunk);
     }
     if (message.paths?.length) {
       obj.paths = message.paths;
@@ -1468,6 +1966,9 @@ export const RestoreJob: MessageFns<RestoreJob> = {
     const message = createBaseRestoreJob();
     message.snapshotId = object.snapshotId ?? "";
     message.sourceHostId = object.sourceHostId ?? "";
+    message.sourceKeyEnc = object.sourceKeyEnc ?? Buffer.alloc(0);
+    message.sourceKeyId = object.sourceKeyId ?? Buffer.alloc(0);
+    message.sourceKeyChunk = object.sourceKeyChunk ?? Buffer.alloc(0);
     message.paths = object.paths?.map((e) => e) || [];
     message.targetDir = object.targetDir ?? "";
     message.overwrite = object.overwrite ?? false;
@@ -1551,8 +2052,8 @@ export const Cancel: MessageFns<Cancel> = {
 export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
   /**
-   * One-time enrollment: the token's secret authorises signing the agent's CSR.
-   * Called over TLS with the CA fingerprint pinned from the token, before mTLS exists.
+   * One-time enrollment, on the enrollment port (TLS, CA pinned by the token's fingerprint, no
+   * client certificate yet): the token's secret authorises signing the agent's CSR.
    */
   enroll: {
     path: "/bulwark.v1.AgentService/Enroll" as const,
@@ -1565,7 +2066,7 @@ export const AgentServiceService = {
   },
   /**
    * The long-lived session (mTLS). Agent → controller: hello, heartbeats, progress, results.
-   * Controller → agent: jobs, cancels, config.
+   * Controller → agent: its configuration, jobs, cancels.
    */
   session: {
     path: "/bulwark.v1.AgentService/Session" as const,
@@ -1580,21 +2081,21 @@ export const AgentServiceService = {
 
 export interface AgentServiceServer extends UntypedServiceImplementation {
   /**
-   * One-time enrollment: the token's secret authorises signing the agent's CSR.
-   * Called over TLS with the CA fingerprint pinned from the token, before mTLS exists.
+   * One-time enrollment, on the enrollment port (TLS, CA pinned by the token's fingerprint, no
+   * client certificate yet): the token's secret authorises signing the agent's CSR.
    */
   enroll: handleUnaryCall<EnrollRequest, EnrollResponse>;
   /**
    * The long-lived session (mTLS). Agent → controller: hello, heartbeats, progress, results.
-   * Controller → agent: jobs, cancels, config.
+   * Controller → agent: its configuration, jobs, cancels.
    */
   session: handleBidiStreamingCall<AgentMessage, ControllerMessage>;
 }
 
 export interface AgentServiceClient extends Client {
   /**
-   * One-time enrollment: the token's secret authorises signing the agent's CSR.
-   * Called over TLS with the CA fingerprint pinned from the token, before mTLS exists.
+   * One-time enrollment, on the enrollment port (TLS, CA pinned by the token's fingerprint, no
+   * client certificate yet): the token's secret authorises signing the agent's CSR.
    */
   enroll(
     request: EnrollRequest,
@@ -1613,7 +2114,7 @@ export interface AgentServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * The long-lived session (mTLS). Agent → controller: hello, heartbeats, progress, results.
-   * Controller → agent: jobs, cancels, config.
+   * Controller → agent: its configuration, jobs, cancels.
    */
   session(): ClientDuplexStream<AgentMessage, ControllerMessage>;
   session(options: Partial<CallOptions>): ClientDuplexStream<AgentMessage, ControllerMessage>;
@@ -1628,6 +2129,14 @@ export const AgentServiceClient = makeGenericClientConstructor(
   service: typeof AgentServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 

@@ -11,25 +11,30 @@ export const protobufPackage = "bulwark.v1";
 
 export const protobufFileName = "bulwark/v1/common.proto";
 
-/** Maps to common/repo/snapshot.ts SnapshotSummary. */
+/** Maps to controller/catalog.ts SnapshotRecord. */
 export interface SnapshotSummary {
   id: string;
   hostId: string;
-  /** Times are unix milliseconds recorded by the controller (never trusted from a client). */
+  /** Unix milliseconds recorded by the controller when the snapshot was committed (never a client's claim). */
   timeMs: bigint;
   expiresMs: bigint;
-  rootTree: string;
   files: bigint;
   bytes: bigint;
+  bytesUploaded: bigint;
+  packs: number;
+  policy: string;
+  roots: string[];
 }
 
-/** Maps to a progress callback payload of the agent pipelines (common/progress.ts). */
+/** Maps to agent/backup/backup.ts BackupProgress and agent/restore/restore.ts RestoreProgress. */
 export interface Progress {
   filesDone: bigint;
   bytesDone: bigint;
   filesTotal: bigint;
   bytesTotal: bigint;
+  bytesUploaded: bigint;
   currentPath: string;
+  phase: string;
 }
 
 /** Maps to common/errors.ts BulwarkError (code is an ErrorCode string). */
@@ -38,8 +43,25 @@ export interface ErrorInfo {
   message: string;
 }
 
+/** Items skipped or failed by the per-item error policy (path + reason), never silently lost. */
+export interface ItemIssue {
+  path: string;
+  reason: string;
+}
+
 function createBaseSnapshotSummary(): SnapshotSummary {
-  return { id: "", hostId: "", timeMs: 0n, expiresMs: 0n, rootTree: "", files: 0n, bytes: 0n };
+  return {
+    id: "",
+    hostId: "",
+    timeMs: 0n,
+    expiresMs: 0n,
+    files: 0n,
+    bytes: 0n,
+    bytesUploaded: 0n,
+    packs: 0,
+    policy: "",
+    roots: [],
+  };
 }
 
 export const SnapshotSummary: MessageFns<SnapshotSummary> = {
@@ -62,20 +84,32 @@ export const SnapshotSummary: MessageFns<SnapshotSummary> = {
       }
       writer.uint32(32).int64(message.expiresMs);
     }
-    if (message.rootTree !== "") {
-      writer.uint32(42).string(message.rootTree);
-    }
     if (message.files !== 0n) {
       if (BigInt.asUintN(64, message.files) !== message.files) {
         throw new globalThis.Error("value provided for field message.files of type uint64 too large");
       }
-      writer.uint32(48).uint64(message.files);
+      writer.uint32(40).uint64(message.files);
     }
     if (message.bytes !== 0n) {
       if (BigInt.asUintN(64, message.bytes) !== message.bytes) {
         throw new globalThis.Error("value provided for field message.bytes of type uint64 too large");
       }
-      writer.uint32(56).uint64(message.bytes);
+      writer.uint32(48).uint64(message.bytes);
+    }
+    if (message.bytesUploaded !== 0n) {
+      if (BigInt.asUintN(64, message.bytesUploaded) !== message.bytesUploaded) {
+        throw new globalThis.Error("value provided for field message.bytesUploaded of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.bytesUploaded);
+    }
+    if (message.packs !== 0) {
+      writer.uint32(64).uint32(message.packs);
+    }
+    if (message.policy !== "") {
+      writer.uint32(74).string(message.policy);
+    }
+    for (const v of message.roots) {
+      writer.uint32(82).string(v!);
     }
     return writer;
   },
@@ -126,11 +160,11 @@ export const SnapshotSummary: MessageFns<SnapshotSummary> = {
             continue;
           }
           case 5: {
-            if (tag !== 42) {
+            if (tag !== 40) {
               break;
             }
 
-            message.rootTree = reader.string();
+            message.files = reader.uint64() as bigint;
             continue;
           }
           case 6: {
@@ -138,7 +172,7 @@ export const SnapshotSummary: MessageFns<SnapshotSummary> = {
               break;
             }
 
-            message.files = reader.uint64() as bigint;
+            message.bytes = reader.uint64() as bigint;
             continue;
           }
           case 7: {
@@ -146,7 +180,31 @@ export const SnapshotSummary: MessageFns<SnapshotSummary> = {
               break;
             }
 
-            message.bytes = reader.uint64() as bigint;
+            message.bytesUploaded = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.packs = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.policy = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.roots.push(reader.string());
             continue;
           }
         }
@@ -175,13 +233,18 @@ export const SnapshotSummary: MessageFns<SnapshotSummary> = {
         : isSet(object.expires_ms)
         ? BigInt(object.expires_ms)
         : 0n,
-      rootTree: isSet(object.rootTree)
-        ? globalThis.String(object.rootTree)
-        : isSet(object.root_tree)
-        ? globalThis.String(object.root_tree)
-        : "",
       files: isSet(object.files) ? BigInt(object.files) : 0n,
       bytes: isSet(object.bytes) ? BigInt(object.bytes) : 0n,
+      bytesUploaded: isSet(object.bytesUploaded)
+        ? BigInt(object.bytesUploaded)
+        : isSet(object.bytes_uploaded)
+        ? BigInt(object.bytes_uploaded)
+        : 0n,
+      packs: isSet(object.packs) ? globalThis.Number(object.packs) : 0,
+      policy: isSet(object.policy) ? globalThis.String(object.policy) : "",
+      roots: globalThis.Array.isArray(object?.roots)
+        ? object.roots.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -199,14 +262,23 @@ export const SnapshotSummary: MessageFns<SnapshotSummary> = {
     if (message.expiresMs !== 0n) {
       obj.expiresMs = message.expiresMs.toString();
     }
-    if (message.rootTree !== "") {
-      obj.rootTree = message.rootTree;
-    }
     if (message.files !== 0n) {
       obj.files = message.files.toString();
     }
     if (message.bytes !== 0n) {
       obj.bytes = message.bytes.toString();
+    }
+    if (message.bytesUploaded !== 0n) {
+      obj.bytesUploaded = message.bytesUploaded.toString();
+    }
+    if (message.packs !== 0) {
+      obj.packs = Math.round(message.packs);
+    }
+    if (message.policy !== "") {
+      obj.policy = message.policy;
+    }
+    if (message.roots?.length) {
+      obj.roots = message.roots;
     }
     return obj;
   },
@@ -220,15 +292,28 @@ export const SnapshotSummary: MessageFns<SnapshotSummary> = {
     message.hostId = object.hostId ?? "";
     message.timeMs = (object.timeMs !== undefined && object.timeMs !== null) ? BigInt(object.timeMs) : 0n;
     message.expiresMs = (object.expiresMs !== undefined && object.expiresMs !== null) ? BigInt(object.expiresMs) : 0n;
-    message.rootTree = object.rootTree ?? "";
     message.files = (object.files !== undefined && object.files !== null) ? BigInt(object.files) : 0n;
     message.bytes = (object.bytes !== undefined && object.bytes !== null) ? BigInt(object.bytes) : 0n;
+    message.bytesUploaded = (object.bytesUploaded !== undefined && object.bytesUploaded !== null)
+      ? BigInt(object.bytesUploaded)
+      : 0n;
+    message.packs = object.packs ?? 0;
+    message.policy = object.policy ?? "";
+    message.roots = object.roots?.map((e) => e) || [];
     return message;
   },
 };
 
 function createBaseProgress(): Progress {
-  return { filesDone: 0n, bytesDone: 0n, filesTotal: 0n, bytesTotal: 0n, currentPath: "" };
+  return {
+    filesDone: 0n,
+    bytesDone: 0n,
+    filesTotal: 0n,
+    bytesTotal: 0n,
+    bytesUploaded: 0n,
+    currentPath: "",
+    phase: "",
+  };
 }
 
 export const Progress: MessageFns<Progress> = {
@@ -257,8 +342,17 @@ export const Progress: MessageFns<Progress> = {
       }
       writer.uint32(32).uint64(message.bytesTotal);
     }
+    if (message.bytesUploaded !== 0n) {
+      if (BigInt.asUintN(64, message.bytesUploaded) !== message.bytesUploaded) {
+        throw new globalThis.Error("value provided for field message.bytesUploaded of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.bytesUploaded);
+    }
     if (message.currentPath !== "") {
-      writer.uint32(42).string(message.currentPath);
+      writer.uint32(50).string(message.currentPath);
+    }
+    if (message.phase !== "") {
+      writer.uint32(58).string(message.phase);
     }
     return writer;
   },
@@ -309,11 +403,27 @@ export const Progress: MessageFns<Progress> = {
             continue;
           }
           case 5: {
-            if (tag !== 42) {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bytesUploaded = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
               break;
             }
 
             message.currentPath = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.phase = reader.string();
             continue;
           }
         }
@@ -350,11 +460,17 @@ export const Progress: MessageFns<Progress> = {
         : isSet(object.bytes_total)
         ? BigInt(object.bytes_total)
         : 0n,
+      bytesUploaded: isSet(object.bytesUploaded)
+        ? BigInt(object.bytesUploaded)
+        : isSet(object.bytes_uploaded)
+        ? BigInt(object.bytes_uploaded)
+        : 0n,
       currentPath: isSet(object.currentPath)
         ? globalThis.String(object.currentPath)
         : isSet(object.current_path)
         ? globalThis.String(object.current_path)
         : "",
+      phase: isSet(object.phase) ? globalThis.String(object.phase) : "",
     };
   },
 
@@ -372,8 +488,14 @@ export const Progress: MessageFns<Progress> = {
     if (message.bytesTotal !== 0n) {
       obj.bytesTotal = message.bytesTotal.toString();
     }
+    if (message.bytesUploaded !== 0n) {
+      obj.bytesUploaded = message.bytesUploaded.toString();
+    }
     if (message.currentPath !== "") {
       obj.currentPath = message.currentPath;
+    }
+    if (message.phase !== "") {
+      obj.phase = message.phase;
     }
     return obj;
   },
@@ -391,7 +513,11 @@ export const Progress: MessageFns<Progress> = {
     message.bytesTotal = (object.bytesTotal !== undefined && object.bytesTotal !== null)
       ? BigInt(object.bytesTotal)
       : 0n;
+    message.bytesUploaded = (object.bytesUploaded !== undefined && object.bytesUploaded !== null)
+      ? BigInt(object.bytesUploaded)
+      : 0n;
     message.currentPath = object.currentPath ?? "";
+    message.phase = object.phase ?? "";
     return message;
   },
 };
@@ -477,6 +603,91 @@ export const ErrorInfo: MessageFns<ErrorInfo> = {
     const message = createBaseErrorInfo();
     message.code = object.code ?? "";
     message.message = object.message ?? "";
+    return message;
+  },
+};
+
+function createBaseItemIssue(): ItemIssue {
+  return { path: "", reason: "" };
+}
+
+export const ItemIssue: MessageFns<ItemIssue> = {
+  encode(message: ItemIssue, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.path !== "") {
+      writer.uint32(10).string(message.path);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ItemIssue {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseItemIssue();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ItemIssue {
+    return {
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: ItemIssue): unknown {
+    const obj: any = {};
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ItemIssue>): ItemIssue {
+    return ItemIssue.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ItemIssue>): ItemIssue {
+    const message = createBaseItemIssue();
+    message.path = object.path ?? "";
+    message.reason = object.reason ?? "";
     return message;
   },
 };

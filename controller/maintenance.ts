@@ -1,0 +1,217 @@
+/**
+ * The controller's work on the bucket, with the maintainer credential: look-ahead lock extension
+ * before backups, recording committed snapshots, grooming, auditing, catalog checkpoints and the
+ * rebuild of the catalog from the bucket alone.
+ */
+import { BulwarkError, hasCode } from '../common/errors.js';
+import { deriveKey, open, seal } from '../common/repo/crypto.js';
+import { layout } from '../common/repo/layout.js';
+import type { Repository } from '../common/repo/repository.js';
+import { readVerified } from '../common/repo/verified-read.js';
+import { type AuditReport, audit } from './auditor.js';
+import { Catalog, type SnapshotRecord, type TargetRecord } from './catalog.js';
+import { type GroomReport, type GroomSnapshot, groom, selectExpired } from './groomer.js';
+import { type LockPlan, lockGeneration, planLocks } from './lock-planner.js';
+
+const toPlanned = (s: SnapshotRecord) => ({
+  id: s.id,
+  hostId: s.hostId,
+  expiresAt: s.expiresAt,
+  manifestKey: layout.snapshot(s.hostId, s.id),
+  packKeys: s.packs.map((p) => layout.pack(s.hostId, p)),
+});
+
+export function foundationKeys(repo: Repository): string[] {
+  return [...new Set(repo.foundation.map((f) => f.key))];
+}
+
+export interface ExtendReport {
+  plan: LockPlan;
+  extended: number;
+  alreadyLonger: number;
+  failed: Array<{ key: string; reason: string }>;
+  reprotect: Map<string, string[]>;
+}
+
+/**
+ * Plan and apply the look-ahead for the snapshots of `target` in the catalog; `nextExpiry` gives the
+ * expiry of each host's next snapshot (the backup about to be dispatched, or the next scheduled).
+ */
+export async function protectAhead(catalog: Catalog, target: TargetRecord, repo: Repository, nextExpiry: Map<string, number>, now: number, retentionMs: number): Promise<ExtendReport> {
+  const live = (await catalog.snapshotsOf()).filter((s) => s.target === target.name && s.expiresAt > now);
+  const knownLocks = new Map<string, number>();
+  for await (const [k, v] of catalog.locks.iterator()) knownLocks.set(k, v);
+  const plan = planLocks({
+    now,
+    snapshots: live.map(toPlanned),
+    foundationKeys: foundationKeys(repo),
+    knownLocks,
+    nextExpiry,
+    generationMs: lockGeneration(retentionMs),
+    canExtend: target.canExtend,
+  });
+  const report: ExtendReport = { plan, extended: 0, alreadyLonger: 0, failed: [], reprotect: new Map() };
+  const store = repo.store;
+  for (const a of plan.actions) {
+    if (a.kind === 'reprotect') {
+      const list = report.reprotect.get(a.hostId) ?? [];
+      list.push(a.key.slice(a.key.lastIndexOf('/') + 1));
+      report.reprotect.set(a.hostId, list);
+      continue;
+    }
+    try {
+      // The genuine version of a write-once object is its oldest; later versions can only be an
+      // attacker's overwrites, which must not be the ones kept alive.
+      let oldest: { versionId: string; lastModified: number } | undefined;
+      for await (const v of store.listVersions(a.key)) {
+        if (v.key !== a.key || v.isDeleteMarker) continue;
+        if (!oldest || v.lastModified <= oldest.lastModified) oldest = v;
+      }
+      if (!oldest) throw new BulwarkError('NOT_FOUND', 'no version');
+      const mode = (await store.head(a.key, { versionId: oldest.versionId })).lock?.mode ?? 'COMPLIANCE';
+      try {
+        await store.extendRetention(a.key, oldest.versionId, { mode, retainUntil: a.to });
+        report.extended++;
+      } catch (err) {
+        if (!hasCode(err, 'OBJECT_LOCKED')) throw err;
+        report.alreadyLonger++; // our lower bound was low: the lock already lasts longer
+      }
+      const h = await store.head(a.key, { versionId: oldest.versionId });
+      await catalog.locks.put(a.key, h.lock?.retainUntil ?? a.to);
+    } catch (err) {
+      report.failed.push({ key: a.key, reason: err instanceof Error ? err.message : String(err) });
+    }
+  }
+  return report;
+}
+
+/** Record a snapshot an agent committed: the manifest is read from the bucket, times are ours. */
+export async function recordSnapshot(catalog: Catalog, target: TargetRecord, repo: Repository, hostId: string, snapshotId: string, job: { policy: string; expiresAt: number; lockUntil: number }, now: number): Promise<SnapshotRecord> {
+  const m = await repo.host(hostId).loadSnapshot(snapshotId);
+  if (m.hostId !== hostId) throw new BulwarkError('ACCESS_DENIED', `snapshot ${snapshotId} belongs to another host`);
+  const rec: SnapshotRecord = {
+    id: snapshotId,
+    hostId,
+    target: target.name,
+    policy: job.policy,
+    time: now,
+    expiresAt: job.expiresAt,
+    lockUntil: job.lockUntil,
+    roots: m.roots.map((r) => r.path),
+    packs: m.packs,
+    indexes: m.indexes,
+    files: m.stats.files,
+    bytes: m.stats.bytes,
+    bytesUploaded: m.stats.bytesUploaded,
+  };
+  await catalog.putSnapshot(rec);
+  // the agent committed only after checking each pack is locked at least until the expiry
+  const batch = catalog.locks.batch();
+  for (const p of m.packs) {
+    const key = layout.pack(hostId, p);
+    const cur = (await catalog.locks.get(key)) ?? 0;
+    if (job.expiresAt > cur) batch.put(key, job.expiresAt);
+  }
+  batch.put(layout.snapshot(hostId, snapshotId), job.lockUntil);
+  await batch.write();
+  return rec;
+}
+
+const toGroom = (s: SnapshotRecord): GroomSnapshot => ({ ...toPlanned(s), indexKeys: s.indexes.map((i) => layout.index(s.hostId, i)) });
+
+export async function groomTarget(catalog: Catalog, target: TargetRecord, repo: Repository, now: number, o: { dryRun?: boolean; busyHosts?: ReadonlySet<string> } = {}): Promise<{ expired: SnapshotRecord[]; report: GroomReport }> {
+  const all = (await catalog.snapshotsOf()).filter((s) => s.target === target.name);
+  const { expired, live } = selectExpired(all, now);
+  const report = await groom(repo.store, live.map(toGroom), { dryRun: o.dryRun ?? false, ...(o.busyHosts ? { protectedHosts: o.busyHosts } : {}) });
+  if (!o.dryRun) {
+    for (const s of expired) await catalog.deleteSnapshot(s);
+    for (const d of report.deleted) await catalog.locks.del(d.key);
+  }
+  return { expired, report };
+}
+
+export async function auditTarget(catalog: Catalog, target: TargetRecord, repo: Repository): Promise<AuditReport> {
+  const snaps = (await catalog.snapshotsOf()).filter((s) => s.target === target.name);
+  return audit(repo.store, snaps.map((s) => ({ id: s.id, hostId: s.hostId, expiresAt: s.expiresAt, keys: [layout.snapshot(s.hostId, s.id), ...s.packs.map((p) => layout.pack(s.hostId, p))] })), { foundationKeys: foundationKeys(repo) });
+}
+
+interface Checkpoint {
+  version: 1;
+  seq: number;
+  at: number;
+  hosts: Array<{ id: string; hostname: string }>;
+  snapshots: Array<{ id: string; hostId: string; time: number; expiresAt: number; lockUntil: number; policy: string }>;
+}
+
+const CHECKPOINT_AAD = Buffer.from('bulwark/v1/catalog');
+
+/** Write the catalog's snapshot list as a locked, encrypted checkpoint object in the bucket. */
+export async function writeCheckpoint(catalog: Catalog, target: TargetRecord, repo: Repository, now: number, seq: number): Promise<void> {
+  const snaps = (await catalog.snapshotsOf()).filter((s) => s.target === target.name);
+  const hosts = (await catalog.all(catalog.hosts)).map((h) => ({ id: h.id, hostname: h.hostname }));
+  const cp: Checkpoint = { version: 1, seq, at: now, hosts, snapshots: snaps.map((s) => ({ id: s.id, hostId: s.hostId, time: s.time, expiresAt: s.expiresAt, lockUntil: s.lockUntil, policy: s.policy })) };
+  const until = Math.max(now + 86_400_000, ...snaps.map((s) => s.lockUntil));
+  const key = deriveKey(repo.masterKey, 'bulwark/v1/catalog');
+  await repo.store.put(layout.catalog(seq), seal(key, Buffer.from(JSON.stringify(cp)), CHECKPOINT_AAD), { lock: { mode: 'COMPLIANCE', retainUntil: until } });
+}
+
+/**
+ * Recreate hosts and snapshots from the bucket alone. Times and expiries come from the newest
+ * genuine checkpoint (encrypted under the master key, so a forged one is ignored); a snapshot in
+ * the bucket that no checkpoint lists (committed after the last checkpoint) takes the manifest's
+ * own expiry — it was written by an agent holding the host's key, and its objects' locks last at
+ * least that long.
+ */
+export async function rebuildCatalog(catalog: Catalog, target: TargetRecord, repo: Repository): Promise<{ hosts: number; snapshots: number }> {
+  const key = deriveKey(repo.masterKey, 'bulwark/v1/catalog');
+  const cpKeys = new Set<string>();
+  for await (const v of repo.store.listVersions(layout.catalogPrefix)) cpKeys.add(v.key);
+  let best: Checkpoint | undefined;
+  for (const k of [...cpKeys].sort().reverse()) {
+    try {
+      const { value } = await readVerified(repo.store, k, (b) => JSON.parse(open(key, b, CHECKPOINT_AAD).toString('utf8')) as Checkpoint);
+      best = value;
+      break;
+    } catch {
+      continue; // forged or damaged: try an older one
+    }
+  }
+  const known = new Map((best?.snapshots ?? []).map((s) => [s.id, s]));
+  let nHosts = 0;
+  let nSnaps = 0;
+  for (const hostId of await repo.hosts()) {
+    const host = repo.host(hostId);
+    const snaps = await host.loadSnapshots();
+    if (snaps.length === 0) continue;
+    nHosts++;
+    const name = best?.hosts.find((h) => h.id === hostId)?.hostname ?? snaps.at(-1)!.manifest.hostname;
+    const existing = await catalog.get(catalog.hosts, hostId);
+    if (!existing) await catalog.hosts.put(hostId, { id: hostId, hostname: name, enrolledAt: 0, certFingerprint: '', revoked: false, lastSeen: 0 });
+    for (const { id, manifest: m } of snaps) {
+      const cp = known.get(id);
+      const rec: SnapshotRecord = {
+        id,
+        hostId,
+        target: target.name,
+        policy: cp?.policy ?? m.policy ?? '',
+        time: cp?.time ?? m.finishedAt,
+        expiresAt: cp?.expiresAt ?? m.expiresAt,
+        lockUntil: cp?.lockUntil ?? m.lock.retainUntil,
+        roots: m.roots.map((r) => r.path),
+        packs: m.packs,
+        indexes: m.indexes,
+        files: m.stats.files,
+        bytes: m.stats.bytes,
+        bytesUploaded: m.stats.bytesUploaded,
+      };
+      await catalog.putSnapshot(rec);
+      nSnaps++;
+    }
+    const last = snaps.at(-1)!;
+    const h = (await catalog.get(catalog.hosts, hostId))!;
+    await catalog.hosts.put(hostId, { ...h, lastSnapshotId: last.id, lastBackup: known.get(last.id)?.time ?? last.manifest.finishedAt });
+  }
+  return { hosts: nHosts, snapshots: nSnaps };
+}
+
+export { Catalog };
