@@ -5,6 +5,12 @@ import { register } from 'tsx/esm/api';
 
 // grpc-js sets the TLS server name to the IP it dials, which Node flags as deprecated: noise for users
 process.noDeprecation = true;
+// the AWS SDK warns at every start that releases after January 2027 need Node 22: for developers, not users
+const emitWarning = process.emitWarning;
+process.emitWarning = (warning, ...rest) => {
+  if (String(warning).includes('AWS SDK for JavaScript') || JSON.stringify(rest).includes('NodeVersionSupportWarning')) return;
+  return emitWarning.call(process, warning, ...rest);
+};
 
 register();
 const { main } = await import('../cli/main.ts');

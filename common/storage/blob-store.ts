@@ -19,7 +19,8 @@
  *   INVALID_RETENTION a lock date in the past (permanent)
  *   BUCKET_NOT_LOCKED a put with a lock on a bucket without Object Lock (permanent)
  *   CHECKSUM_MISMATCH the server computed another digest than the one we sent (retryable once by
- *                    the caller if it re-reads the source; permanent for the store)
+ *                    the caller if it re-reads the source; permanent for the store), or a range
+ *                    starts past the end of the version (it is shorter than the object looked for)
  *   ACCESS_DENIED, NO_SUCH_BUCKET (permanent); THROTTLED, TRANSIENT (retryable)
  */
 

@@ -85,7 +85,7 @@ export class MemoryStore implements BlobStore {
     const data = v.data!;
     if (!opts.range) return Uint8Array.from(data);
     const { offset, length } = opts.range;
-    if (offset >= data.length) throw new BulwarkError('INVALID_ARGUMENT', `range starts at ${offset}, past the end of ${key} (${data.length} bytes)`);
+    if (offset >= data.length) throw new BulwarkError('CHECKSUM_MISMATCH', `range starts at ${offset}, past the end of ${key} (${data.length} bytes)`);
     return Uint8Array.from(data.subarray(offset, offset + length));
   }
 

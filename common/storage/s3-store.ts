@@ -357,6 +357,9 @@ export function translate(err: unknown, what: string, ctx: { lock?: boolean } = 
   else if (name === 'NoSuchKey' || name === 'NotFound' || name === 'NoSuchVersion' || status === 404 || status === 405) code = name === 'NoSuchBucket' ? 'NO_SUCH_BUCKET' : 'NOT_FOUND';
   else if (name === 'NoSuchBucket') code = 'NO_SUCH_BUCKET';
   else if (name === 'BadDigest' || name === 'InvalidDigest' || name === 'XAmzContentSHA256Mismatch') code = 'CHECKSUM_MISMATCH';
+  // a range past the end: this version is shorter than the object we look for (a truncated or
+  // garbage overwrite), so it is not the genuine one
+  else if (name === 'InvalidRange' || status === 416) code = 'CHECKSUM_MISMATCH';
   else if (name === 'SlowDown' || name === 'Throttling' || name === 'ThrottlingException' || status === 429 || status === 503) code = 'THROTTLED';
   else if (name === 'AccessDenied' || status === 403) code = 'ACCESS_DENIED';
   // With lock headers, RGW and AWS answer 400 InvalidRequest when the bucket has no Object Lock

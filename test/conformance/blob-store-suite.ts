@@ -55,6 +55,12 @@ export function blobStoreConformance(name: string, h: ConformanceHarness): void 
       expect(Buffer.from(part).equals(a.subarray(1234, 1234 + 4321))).toBe(true);
     });
 
+    it('a range past the end of a version is CHECKSUM_MISMATCH (a short, non-genuine version)', async () => {
+      const s = await h.lockedStore();
+      await s.put('short', randomBytes(100));
+      expect(await codeOf(s.get('short', { range: { offset: 5000, length: 10 } }))).toBe('CHECKSUM_MISMATCH');
+    });
+
     it('heads an object with its lock', async () => {
       const s = await h.lockedStore();
       const lock = await lockFor(s, 60_000);
