@@ -37,6 +37,7 @@ const USAGE = `usage: bulwark <command> [options]
   groom [--dry-run]                                          delete what retention no longer needs
   audit                                                      check every restore point's locks in the bucket
   catalog rebuild                                            recreate the catalog from the bucket
+  iam-policy --bucket B [--prefix P] [--retention 400d]     least-privilege IAM policies (agent, maintainer)
   drill --bucket B [--endpoint URL] [--prefix P] --access-key K --secret-key S
                                                              ransomware drill against a scratch bucket/prefix
 
@@ -319,6 +320,12 @@ const commands: Record<string, (args: string[], o: Opts) => Promise<void>> = {
     const r = await call<unknown, { snapshots: number; pairs: bigint; covered: bigint; coverage: number; uncovered: Array<{ path: string; reason: string }>; tampered: Array<{ path: string; reason: string }> }>(client(o), 'audit', {});
     out(o, r, () => `lock coverage ${(r.coverage * 100).toFixed(2)} % (${r.covered}/${r.pairs} snapshot-object pairs, ${r.snapshots} restore points)\n${r.uncovered.map((u) => `  UNCOVERED ${u.path}: ${u.reason}`).join('\n')}${r.tampered.map((t) => `\n  TAMPERED ${t.path}: ${t.reason}`).join('')}`);
     if (r.coverage < 1) process.exitCode = 1;
+  },
+  async 'iam-policy'(_a, o) {
+    const { iamPolicies } = await import('../controller/iam.js');
+    const maxDays = Math.ceil(parseDuration((o.retention as string) ?? '400d') / 86_400_000);
+    const r = iamPolicies({ bucket: need(o, 'bucket', 'backups'), prefix: (o.prefix as string) ?? '', maxRetentionDays: maxDays });
+    out({ ...o, json: true }, r, () => '');
   },
   async drill(_a, o) {
     const { runDrill } = await import('../controller/drill.js');
