@@ -58,7 +58,10 @@ import { systemClock, type Clock } from '../common/clock.js';
 import { asBulwarkError, BulwarkError } from '../common/errors.js';
 import { assertRelativePath, decodeFileState, encodeFileState, type EncodedFileState, type FileState } from './file-state.js';
 
-/** The chokidar event that marked a path; informational (the backup re-stats the path anyway). */
+/**
+ * The last watcher event for a path. A hint only: the backup decides from lstat. 'change' is also what
+ * the watcher records from a raw fs.watch notification that chokidar did not (or not yet) classify.
+ */
 export type DirtyEvent = 'add' | 'change' | 'unlink' | 'addDir' | 'unlinkDir';
 
 export interface DirtyMark {
@@ -157,6 +160,13 @@ function damaged(what: string, cause?: unknown): BulwarkError {
   return new BulwarkError('JOURNAL_UNTRUSTED', `damaged record in the change journal (${what}); a full scan will rebuild it`, { cause });
 }
 
+function isTrustStatus(v: unknown): v is TrustStatus {
+  const t = v as Partial<TrustStatus> | null;
+  return (
+    typeof t === 'object' && t !== null && typeof t.trusted === 'boolean' && typeof t.at === 'number' && typeof t.seq === 'number' && (t.reason === undefined || typeof t.reason === 'string')
+  );
+}
+
 function decodeDirty(key: string, value: unknown): DirtyMark {
   const v = value as Partial<DirtyValue> | null;
   if (typeof v !== 'object' || v === null || typeof v.event !== 'string' || !DIRTY_EVENTS.has(v.event) || typeof v.seq !== 'number' || typeof v.at !== 'number') {
@@ -215,16 +225,12 @@ export class Journal {
       const meta = db.sublevel<string, unknown>('meta', { valueEncoding: 'json' });
       const [seqV, trustV, snapV, watchV] = await meta.getMany(['seq', 'trust', 'lastSnapshotId', 'watcherStartedAt']);
       const seq = typeof seqV === 'number' ? seqV : 0;
-      let trust: TrustStatus;
-      if (trustV === undefined) {
-        trust = { trusted: false, reason: 'never scanned', at: clock.now(), seq };
-      } else {
-        const t = trustV as Partial<TrustStatus>;
-        if (typeof t.trusted !== 'boolean' || typeof t.at !== 'number' || typeof t.seq !== 'number') throw damaged('trust');
-        trust = { trusted: t.trusted, at: t.at, seq: t.seq, ...(typeof t.reason === 'string' ? { reason: t.reason } : {}) };
-      }
+      const valid = isTrustStatus(trustV);
+      const trust: TrustStatus = valid
+        ? trustV
+        : { trusted: false, reason: trustV === undefined ? 'never scanned' : 'damaged trust record', at: clock.now(), seq };
       const journal = new Journal(db, clock, seq, trust, typeof snapV === 'string' ? snapV : undefined, typeof watchV === 'number' ? watchV : undefined);
-      if (trustV === undefined) {
+      if (!valid) {
         await journal.writeTrust(trust);
       } else if (trust.trusted && options.distrustOnOpen !== false) {
         await journal.markUntrusted('agent restarted: changes made while it was not running were not observed');

@@ -1,0 +1,265 @@
+/**
+ * The change journal on a real LevelDB in a temp dir: dirty marks, commitBackup's atomic clearing by
+ * sequence number, persistence across reopen, and the trust lifecycle.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../common/clock.js';
+import { comparePaths, type FileState } from '../../agent/file-state.js';
+import { Journal, type DirtyMark, type JournalEntry } from '../../agent/journal.js';
+
+let dir: string;
+let journal: Journal | undefined;
+const clock = new ManualClock(1_700_000_000_000);
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'bulwark-journal-'));
+});
+
+afterEach(async () => {
+  await journal?.close();
+  journal = undefined;
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function open(): Promise<Journal> {
+  journal = await Journal.open(join(dir, 'journal'), { clock });
+  return journal;
+}
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}
+
+function entry(size: number, content: string[] = [`blob-${size}`]): JournalEntry {
+  const state: FileState = { type: 'file', size, mtimeNs: 10n ** 18n + BigInt(size), ctimeNs: 2n * 10n ** 18n, inode: 2n ** 60n + BigInt(size), mode: 0o640 };
+  return { state, content };
+}
+
+describe('dirty marks', () => {
+  it('markDirty → dirtyPaths round-trips, one seq per batch, last event per path wins, tree order', async () => {
+    const j = await open();
+    const seq1 = await j.markDirty([
+      { path: 'b.txt', event: 'add' },
+      { path: 'a/x', event: 'add' },
+    ]);
+    clock.advance(5);
+    const seq2 = await j.markDirty([
+      { path: 'a', event: 'addDir' },
+      { path: 'b.txt', event: 'change' },
+      { path: 'a.txt', event: 'unlink' },
+    ]);
+    expect(seq2).toBeGreaterThan(seq1);
+    const marks = await collect(j.dirtyPaths());
+    expect(marks).toEqual<DirtyMark[]>([
+      { path: 'a', event: 'addDir', seq: seq2, at: clock.now() },
+      { path: 'a/x', event: 'add', seq: seq1, at: clock.now() - 5 },
+      { path: 'a.txt', event: 'unlink', seq: seq2, at: clock.now() },
+      { path: 'b.txt', event: 'change', seq: seq2, at: clock.now() },
+    ]);
+  });
+
+  it('rejects a path that is not relative to the root, writing nothing', async () => {
+    const j = await open();
+    await expect(j.markDirty([{ path: 'ok', event: 'add' }, { path: '../etc/passwd', event: 'add' }])).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    expect(await collect(j.dirtyPaths())).toEqual([]);
+  });
+
+  it('returns every mark of a large batch, in tree order', async () => {
+    const j = await open();
+    const paths = Array.from({ length: 12_000 }, (_, i) => `d${i % 7}/f${i}`);
+    await j.markDirty(paths.map((path) => ({ path, event: 'add' as const })));
+    const got = (await collect(j.dirtyPaths())).map((m) => m.path);
+    expect(got).toEqual([...paths].sort(comparePaths));
+  });
+});
+
+describe('states', () => {
+  it('getState and states(dir) read what commitBackup wrote; null deletes', async () => {
+    const j = await open();
+    await j.watchStarted();
+    await j.commitBackup({
+      snapshotId: 's1',
+      clearedUpToSeq: j.beginBackup().seq,
+      states: new Map<string, JournalEntry | null>([
+        ['docs', entry(0, [])],
+        ['docs/a', entry(1)],
+        ['docs/sub/b', entry(2, ['x', 'y'])],
+        ['docs.txt', entry(3)],
+        ['other', entry(4)],
+      ]),
+    });
+    expect(await j.getState('docs/sub/b')).toEqual(entry(2, ['x', 'y']));
+    expect(await j.getState('missing')).toBeUndefined();
+    expect((await collect(j.states('docs'))).map((s) => s.path)).toEqual(['docs/a', 'docs/sub/b']);
+    expect((await collect(j.states())).map((s) => s.path)).toEqual(['docs', 'docs/a', 'docs/sub/b', 'docs.txt', 'other']);
+
+    const r = await j.commitBackup({ snapshotId: 's2', clearedUpToSeq: j.beginBackup().seq, states: [['docs/a', null], ['other', entry(5)]] });
+    expect(r).toMatchObject({ written: 1, deleted: 1 });
+    expect(await j.getState('docs/a')).toBeUndefined();
+    expect((await j.getState('other'))?.state.size).toBe(5);
+    expect((await j.getMeta()).lastSnapshotId).toBe('s2');
+  });
+});
+
+describe('commitBackup', () => {
+  it('clears only marks with seq ≤ clearedUpToSeq: a mark set after the backup began survives', async () => {
+    const j = await open();
+    await j.watchStarted();
+    await j.markDirty([
+      { path: 'a', event: 'add' },
+      { path: 'b', event: 'add' },
+      { path: 'c', event: 'add' },
+    ]);
+    const start = j.beginBackup();
+    // While the backup runs: 'b' changes again and 'd' appears.
+    await j.markDirty([
+      { path: 'b', event: 'change' },
+      { path: 'd', event: 'add' },
+    ]);
+    const r = await j.commitBackup({
+      snapshotId: 'snap-1',
+      clearedUpToSeq: start.seq,
+      states: [
+        ['a', entry(1)],
+        ['b', entry(2)],
+        ['c', entry(3)],
+      ],
+    });
+    expect(r.cleared).toBe(2);
+    expect((await collect(j.dirtyPaths())).map((m) => [m.path, m.event])).toEqual([
+      ['b', 'change'],
+      ['d', 'add'],
+    ]);
+    expect(await j.getState('b')).toEqual(entry(2));
+  });
+
+  it('is atomic: a commit that fails half-way writes no state, clears no mark, keeps the last snapshot id', async () => {
+    const j = await open();
+    await j.watchStarted();
+    await j.markDirty([{ path: 'a', event: 'add' }]);
+    await j.commitBackup({ snapshotId: 'snap-1', clearedUpToSeq: j.beginBackup().seq, states: [['a', entry(1)]] });
+    await j.markDirty([{ path: 'a', event: 'change' }, { path: 'b', event: 'add' }]);
+    const seq = j.beginBackup().seq;
+    async function* states(): AsyncGenerator<[string, JournalEntry | null]> {
+      yield ['a', entry(10)];
+      yield ['b', entry(20)];
+      throw new Error('upload failed half-way');
+    }
+    await expect(j.commitBackup({ snapshotId: 'snap-2', clearedUpToSeq: seq, states: states() })).rejects.toThrow('upload failed half-way');
+    await expect(j.commitBackup({ snapshotId: 'snap-2', clearedUpToSeq: seq, states: [['a/../x', entry(1)]] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    expect(await j.getState('a')).toEqual(entry(1));
+    expect(await j.getState('b')).toBeUndefined();
+    expect((await collect(j.dirtyPaths())).map((m) => m.path)).toEqual(['a', 'b']);
+    expect((await j.getMeta()).lastSnapshotId).toBe('snap-1');
+    // And the journal still works after the failed batch.
+    await j.commitBackup({ snapshotId: 'snap-2', clearedUpToSeq: seq, states: [['b', entry(20)]] });
+    expect(await collect(j.dirtyPaths())).toEqual([]);
+  });
+
+  it('refuses a clearedUpToSeq the journal never handed out', async () => {
+    const j = await open();
+    await expect(j.commitBackup({ snapshotId: 's', clearedUpToSeq: j.currentSeq() + 1, states: [] })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+
+  it('does not lose a mark written concurrently with the commit', async () => {
+    const j = await open();
+    await j.watchStarted();
+    await j.markDirty([{ path: 'x', event: 'add' }]);
+    const start = j.beginBackup();
+    const commit = j.commitBackup({ snapshotId: 's', clearedUpToSeq: start.seq, states: [['x', entry(1)]] });
+    const mark = j.markDirty([{ path: 'x', event: 'change' }]);
+    await Promise.all([commit, mark]);
+    expect((await collect(j.dirtyPaths())).map((m) => [m.path, m.event])).toEqual([['x', 'change']]);
+  });
+});
+
+describe('persistence', () => {
+  it('keeps marks, states, seq and the last snapshot across close and reopen', async () => {
+    let j = await open();
+    await j.watchStarted();
+    await j.markDirty([{ path: 'kept', event: 'add' }]);
+    const start = j.beginBackup();
+    await j.markDirty([{ path: 'later', event: 'change' }]);
+    await j.commitBackup({ snapshotId: 'snap-9', clearedUpToSeq: start.seq, states: [['kept', entry(7, ['b1', 'b2'])]] });
+    const seqBefore = j.currentSeq();
+    await j.close();
+
+    j = await open();
+    expect(await j.getState('kept')).toEqual(entry(7, ['b1', 'b2']));
+    expect((await collect(j.dirtyPaths())).map((m) => m.path)).toEqual(['later']);
+    const meta = await j.getMeta();
+    expect(meta.lastSnapshotId).toBe('snap-9');
+    expect(meta.watcherStartedAt).toBe(clock.now());
+    expect(j.currentSeq()).toBeGreaterThan(seqBefore); // the restart distrust takes a new seq; seqs never repeat
+    const next = await j.markDirty([{ path: 'new', event: 'add' }]);
+    expect(next).toBeGreaterThan(seqBefore);
+  });
+});
+
+describe('trust', () => {
+  it('first run: untrusted, never scanned', async () => {
+    const j = await open();
+    expect(await j.isTrusted()).toBe(false);
+    expect((await j.trustStatus()).reason).toBe('never scanned');
+    expect(j.beginBackup()).toMatchObject({ trusted: false, reason: 'never scanned' });
+  });
+
+  it('full lifecycle: commit with a watcher → trusted; error → untrusted; restart → untrusted', async () => {
+    let j = await open();
+    await j.watchStarted();
+    await j.commitBackup({ snapshotId: 's1', clearedUpToSeq: j.beginBackup().seq, states: [] });
+    expect(await j.isTrusted()).toBe(true);
+
+    await j.markUntrusted('watcher error: ENOSPC');
+    expect(await j.trustStatus()).toMatchObject({ trusted: false, reason: 'watcher error: ENOSPC' });
+    await j.commitBackup({ snapshotId: 's2', clearedUpToSeq: j.beginBackup().seq, states: [] }); // the full-scan backup
+    expect(await j.isTrusted()).toBe(true);
+
+    await j.close();
+    j = await open();
+    expect(await j.trustStatus()).toMatchObject({ trusted: false, reason: expect.stringMatching(/agent restarted/) });
+  });
+
+  it('an untrust during a backup survives that backup’s commit', async () => {
+    const j = await open();
+    await j.watchStarted();
+    const start = j.beginBackup();
+    await j.markUntrusted('watcher overflow');
+    const r = await j.commitBackup({ snapshotId: 's', clearedUpToSeq: start.seq, states: [] });
+    expect(r.trust).toMatchObject({ trusted: false, reason: 'watcher overflow' });
+    expect(await j.isTrusted()).toBe(false);
+  });
+
+  it('a commit cannot make the journal trusted without a watcher attached since before the backup', async () => {
+    const j = await open();
+    const early = j.beginBackup();
+    const token = await j.watchStarted();
+    let r = await j.commitBackup({ snapshotId: 's', clearedUpToSeq: early.seq, states: [] });
+    expect(r.trust.trusted).toBe(false); // the watcher attached after the backup began
+    expect(r.trust.reason).toMatch(/no watcher/);
+
+    await j.watchStopped(token, 'watcher stopped');
+    expect((await j.trustStatus()).reason).toBe('watcher stopped');
+    r = await j.commitBackup({ snapshotId: 's', clearedUpToSeq: j.beginBackup().seq, states: [] });
+    expect(r.trust.trusted).toBe(false);
+  });
+
+  it('untrusted state is persisted with its reason', async () => {
+    let j = await open();
+    await j.markUntrusted('watcher error: EMFILE');
+    await j.close();
+    j = await open();
+    expect(await j.trustStatus()).toMatchObject({ trusted: false, reason: 'watcher error: EMFILE' });
+  });
+
+  it('only one watcher attaches at a time', async () => {
+    const j = await open();
+    await j.watchStarted();
+    await expect(j.watchStarted()).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+  });
+});
