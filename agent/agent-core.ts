@@ -187,7 +187,9 @@ export class AgentCore {
       }
       const set = new DirtySet();
       if (start.trusted && describesParent) {
-        for await (const m of journal.dirtyPaths()) set.add(m.path);
+        // a directory that (re)appeared is listed in full: entries made before chokidar watched it
+        // may have no mark of their own
+        for await (const m of journal.dirtyPaths()) set.add(m.path, m.event === 'addDir');
         modes[root] = 'journal';
       } else if (describesParent) {
         for await (const c of reconcile(root, journal, { exclude, ...(job.signal ? { signal: job.signal } : {}) })) set.add(c.path);
