@@ -226,7 +226,8 @@ export class Controller {
       if (this.sessions.get(host.id) !== session) return;
       this.sessions.delete(host.id);
       this.log(`session closed: ${host.id}`);
-      void this.failActiveJobs(host.id, 'the agent disconnected during the job');
+      if (this.state !== 'running') return; // shutting down: recoverJobs() handles them on the next start
+      void this.failActiveJobs(host.id, 'the agent disconnected during the job').catch((err) => this.log(`${host.id}: ${asBulwarkError(err).message}`));
     };
     call.on('end', () => {
       closed();

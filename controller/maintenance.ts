@@ -9,7 +9,7 @@ import { layout } from '../common/repo/layout.js';
 import type { Repository } from '../common/repo/repository.js';
 import { readVerified } from '../common/repo/verified-read.js';
 import { type AuditReport, audit } from './auditor.js';
-import { Catalog, type SnapshotRecord, type TargetRecord } from './catalog.js';
+import { Catalog, type PolicyRecord, type SnapshotRecord, type TargetRecord } from './catalog.js';
 import { type GroomReport, type GroomSnapshot, groom, selectExpired } from './groomer.js';
 import { type LockPlan, lockGeneration, planLocks } from './lock-planner.js';
 
@@ -140,6 +140,8 @@ interface Checkpoint {
   seq: number;
   at: number;
   hosts: Array<{ id: string; hostname: string }>;
+  /** Policies on this target (restored by rebuild onto the target it is run for). */
+  policies?: PolicyRecord[];
   snapshots: Array<{ id: string; hostId: string; time: number; expiresAt: number; lockUntil: number; policy: string }>;
 }
 
@@ -149,7 +151,8 @@ const CHECKPOINT_AAD = Buffer.from('bulwark/v1/catalog');
 export async function writeCheckpoint(catalog: Catalog, target: TargetRecord, repo: Repository, now: number, seq: number): Promise<void> {
   const snaps = (await catalog.snapshotsOf()).filter((s) => s.target === target.name);
   const hosts = (await catalog.all(catalog.hosts)).map((h) => ({ id: h.id, hostname: h.hostname }));
-  const cp: Checkpoint = { version: 1, seq, at: now, hosts, snapshots: snaps.map((s) => ({ id: s.id, hostId: s.hostId, time: s.time, expiresAt: s.expiresAt, lockUntil: s.lockUntil, policy: s.policy })) };
+  const policies = (await catalog.all(catalog.policies)).filter((p) => p.target === target.name);
+  const cp: Checkpoint = { version: 1, seq, at: now, hosts, policies, snapshots: snaps.map((s) => ({ id: s.id, hostId: s.hostId, time: s.time, expiresAt: s.expiresAt, lockUntil: s.lockUntil, policy: s.policy })) };
   const until = Math.max(now + 86_400_000, ...snaps.map((s) => s.lockUntil));
   const key = deriveKey(repo.masterKey, 'bulwark/v1/catalog');
   await repo.store.put(layout.catalog(seq), seal(key, Buffer.from(JSON.stringify(cp)), CHECKPOINT_AAD), { lock: { mode: 'COMPLIANCE', retainUntil: until } });
@@ -162,7 +165,7 @@ export async function writeCheckpoint(catalog: Catalog, target: TargetRecord, re
  * own expiry — it was written by an agent holding the host's key, and its objects' locks last at
  * least that long.
  */
-export async function rebuildCatalog(catalog: Catalog, target: TargetRecord, repo: Repository): Promise<{ hosts: number; snapshots: number }> {
+export async function rebuildCatalog(catalog: Catalog, target: TargetRecord, repo: Repository): Promise<{ hosts: number; snapshots: number; policies: number }> {
   const key = deriveKey(repo.masterKey, 'bulwark/v1/catalog');
   const cpKeys = new Set<string>();
   for await (const v of repo.store.listVersions(layout.catalogPrefix)) cpKeys.add(v.key);
@@ -177,6 +180,12 @@ export async function rebuildCatalog(catalog: Catalog, target: TargetRecord, rep
     }
   }
   const known = new Map((best?.snapshots ?? []).map((s) => [s.id, s]));
+  let nPolicies = 0;
+  for (const p of best?.policies ?? []) {
+    if (await catalog.get(catalog.policies, p.name)) continue;
+    await catalog.policies.put(p.name, { ...p, target: target.name });
+    nPolicies++;
+  }
   let nHosts = 0;
   let nSnaps = 0;
   for (const hostId of await repo.hosts()) {
@@ -211,7 +220,7 @@ export async function rebuildCatalog(catalog: Catalog, target: TargetRecord, rep
     const h = (await catalog.get(catalog.hosts, hostId))!;
     await catalog.hosts.put(hostId, { ...h, lastSnapshotId: last.id, lastBackup: known.get(last.id)?.time ?? last.manifest.finishedAt });
   }
-  return { hosts: nHosts, snapshots: nSnaps };
+  return { hosts: nHosts, snapshots: nSnaps, policies: nPolicies };
 }
 
 export { Catalog };
