@@ -124,10 +124,15 @@ class RestoreRun {
       if (selected.length === 0) continue;
       // create the root's parents under the target
       let dest = this.target;
+      let usable = true;
       for (const s of segs) {
         dest = path.join(dest, s);
-        await this.ensureDir(dest, false);
+        if (!(await this.ensureDir(dest, false))) {
+          usable = false; // something that is not a directory (a planted symlink) is in the way
+          break;
+        }
       }
+      if (!usable) continue;
       if (root.meta && selected.some((s) => s.length === 0)) {
         this.dirs.push({ dest, node: { name: segs.at(-1) ?? '', type: 'dir', ...root.meta }, depth: 0 });
       }
@@ -160,7 +165,7 @@ class RestoreRun {
         return;
       }
       dest = path.join(dest, name);
-      await this.ensureDir(dest, false);
+      if (!(await this.ensureDir(dest, false))) return;
       tree = await this.tree(node.subtree!);
     }
     await this.planTree(tree, dest, 0);

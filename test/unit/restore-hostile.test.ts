@@ -1,0 +1,171 @@
+/**
+ * Hostile repositories at restore time: names that try to escape the target, a root path with
+ * `..`, a symlink planted in the target, a pack with flipped bits, a manifest naming a pack that
+ * does not exist, a damaged index. Each is refused or reported with the paths it affects, and
+ * nothing is ever written outside the restore target.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { backup } from '../../agent/backup/backup.js';
+import { MemoryTreeCache } from '../../agent/backup/tree-cache.js';
+import { restore } from '../../agent/restore/restore.js';
+import { BlobIndex } from '../../common/repo/blob-index.js';
+import { layout } from '../../common/repo/layout.js';
+import { PackBuilder, sealBlob } from '../../common/repo/pack.js';
+import { Repository } from '../../common/repo/repository.js';
+import type { SnapshotManifest } from '../../common/repo/snapshot.js';
+import type { TreeNode } from '../../common/repo/tree.js';
+import { MemoryStore } from '../../common/storage/memory-store.js';
+
+const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'bulwark-hostile-restore-'));
+afterAll(() => fs.rm(tmp, { recursive: true, force: true }));
+const lock = { mode: 'COMPLIANCE' as const, retainUntil: Date.now() + 3_600_000 };
+
+async function listAll(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const d of await fs.readdir(dir, { withFileTypes: true })) {
+    out.push(path.join(dir, d.name));
+    if (d.isDirectory()) out.push(...(await listAll(path.join(dir, d.name))));
+  }
+  return out;
+}
+
+/** A snapshot whose root tree holds the given nodes, each file with content "x". */
+async function forged(names: Array<Partial<TreeNode> & { name: string }>, rootPath = '/data') {
+  const store = new MemoryStore();
+  const repo = await Repository.init(store, { passphrase: 'pw', lock });
+  const host = repo.host('evil');
+  const pb = new PackBuilder();
+  const content = Buffer.from('x');
+  const cid = host.blobIdOf(content);
+  pb.add('data', cid, sealBlob(host.keys, cid, content), 1);
+  const nodes: TreeNode[] = names.map((n) => ({ type: 'file', mode: 0o644, uid: 0, gid: 0, mtimeNs: '1700000000000000000', size: 1, content: [cid.toString('hex')], ...n }) as TreeNode);
+  const tree = host.encodeTreeBlob({ nodes });
+  pb.add('tree', tree.id, sealBlob(host.keys, tree.id, tree.plain), tree.plain.length);
+  const pack = pb.finish(host.keys);
+  await host.savePack(pack, lock);
+  const index = new BlobIndex();
+  index.addPack(pack.id, pack.entries);
+  const manifest: SnapshotManifest = {
+    version: 1, hostId: 'evil', hostname: 'evil', roots: [{ path: rootPath, tree: tree.id.toString('hex') }], startedAt: 0, finishedAt: 0,
+    expiresAt: lock.retainUntil, lock, packs: [pack.id], indexes: [],
+    stats: { files: 1, dirs: 1, symlinks: 0, bytes: 1, filesRead: 1, bytesUploaded: 1, packsWritten: 1, skipped: 0 },
+  };
+  return { host, index, manifest, store, pack };
+}
+
+describe('restore refuses hostile snapshots', () => {
+  it('names with .., /, NUL, empty or over 255 bytes are refused; nothing lands outside the target', async () => {
+    const { host, index, manifest } = await forged([
+      { name: '..' }, { name: '../escape' }, { name: '/abs' }, { name: 'a\0b' }, { name: '' }, { name: '.' }, { name: 'x'.repeat(256) }, { name: 'fine.txt' },
+    ]);
+    const target = path.join(tmp, 't1', 'target');
+    await fs.mkdir(target, { recursive: true });
+    const r = await restore({ host, index, manifest, target });
+    expect(r.files).toBe(1);
+    expect(r.errors.filter((e) => /unsafe name/.test(e.reason))).toHaveLength(7);
+    expect(await listAll(path.join(tmp, 't1'))).toEqual([target, path.join(target, 'data'), path.join(target, 'data', 'fine.txt')]);
+  });
+
+  it('a root path with .. is refused before anything is written', async () => {
+    const { host, index, manifest } = await forged([{ name: 'f' }], '/data/../../etc');
+    const target = path.join(tmp, 't2');
+    await expect(restore({ host, index, manifest, target })).rejects.toMatchObject({ code: 'CHECKSUM_MISMATCH' });
+    expect(await listAll(target)).toEqual([]);
+  });
+
+  it('does not write through a symlink planted in the target', async () => {
+    const { host, index, manifest } = await forged([{ name: 'passwd' }]);
+    const target = path.join(tmp, 't3');
+    const outside = path.join(tmp, 'outside');
+    await fs.mkdir(outside, { recursive: true });
+    await fs.mkdir(target, { recursive: true });
+    await fs.symlink(outside, path.join(target, 'data'));
+    const r = await restore({ host, index, manifest, target });
+    expect(r.files).toBe(0);
+    expect(r.errors[0]!.reason).toMatch(/symlink is in the way/);
+    expect(await fs.readdir(outside)).toEqual([]);
+  });
+
+  it('a symlink in the snapshot is created last and never followed by a later write', async () => {
+    const { host, index, manifest } = await forged([{ name: 'link', type: 'symlink', target: path.join(tmp, 'outside2'), content: undefined, size: undefined }, { name: 'z-file' }]);
+    await fs.mkdir(path.join(tmp, 'outside2'), { recursive: true });
+    const target = path.join(tmp, 't4');
+    const r = await restore({ host, index, manifest, target });
+    expect(r.errors).toEqual([]);
+    expect(await fs.readlink(path.join(target, 'data', 'link'))).toBe(path.join(tmp, 'outside2'));
+    expect(await fs.readdir(path.join(tmp, 'outside2'))).toEqual([]);
+  });
+
+  it('a pack with flipped bits and no genuine version: the affected paths are reported, the rest restored', async () => {
+    const store = new MemoryStore();
+    const repo = await Repository.init(store, { passphrase: 'pw', lock, config: { chunker: { minSize: 1024, avgSize: 4096, maxSize: 16384 }, packSize: 64 * 1024 } });
+    const host = repo.host('h');
+    const src = path.join(tmp, 'src5');
+    await fs.mkdir(src);
+    for (let i = 0; i < 8; i++) await fs.writeFile(path.join(src, `f${i}`), randomBytes(40_000));
+    const { index } = await host.loadIndex();
+    const b = await backup({ host, index, roots: [src], hostname: 'h', lock, expiresAt: lock.retainUntil, treeCache: new MemoryTreeCache() });
+    // a reader that sees a corrupted copy of one data pack in every version (a damaged disk, say)
+    const victim = b.manifest.packs[0]!;
+    const key = layout.pack('h', victim);
+    const orig = await store.get(key);
+    const bad = Buffer.from(orig);
+    for (let i = 100; i < bad.length - 200; i += 997) bad[i] = bad[i]! ^ 0xff;
+    const corrupt = Object.create(store) as MemoryStore;
+    corrupt.get = async (k, o) => {
+      const bytes = await store.get(k, o);
+      if (k !== key) return bytes;
+      const off = o?.range?.offset ?? 0;
+      return Uint8Array.from(bad.subarray(off, off + bytes.length));
+    };
+    const { HostRepository } = await import('../../common/repo/repository.js');
+    const reader = new HostRepository(corrupt, host.config, host.keys);
+    const r = await restore({ host: reader, index, manifest: b.manifest, target: path.join(tmp, 't5') }).catch((e) => e);
+    if (r instanceof Error) {
+      // the corrupted pack held the root tree: nothing can be planned, and the error says why
+      expect((r as { code?: string }).code).toBe('CHECKSUM_MISMATCH');
+    } else {
+      expect(r.errors.length).toBeGreaterThan(0);
+      expect(r.errors.every((e) => e.reason.includes(victim))).toBe(true);
+      expect(r.files + r.errors.length).toBe(8);
+    }
+  });
+
+  it('a manifest naming a pack that does not exist: reported with the paths it affects', async () => {
+    const { host, index, manifest, store, pack } = await forged([{ name: 'a' }, { name: 'b' }]);
+    // the data blob is said to live in a pack the bucket does not have: restore reports both files
+    void index;
+    const missing = 'ab'.repeat(32);
+    const idx2 = new BlobIndex();
+    const entries = pack.entries.map((e) => ({ ...e }));
+    idx2.addPack(pack.id, entries.filter((e) => e.type === 'tree'));
+    idx2.addPack(missing, entries.filter((e) => e.type === 'data'));
+    expect(await store.head(layout.pack('evil', missing)).catch((e: { code?: string }) => e.code)).toBe('NOT_FOUND');
+    const r = await restore({ host, index: idx2, manifest: { ...manifest, packs: [pack.id, missing] }, target: path.join(tmp, 't6') });
+    expect(r.files).toBe(0);
+    expect(r.errors.map((e) => path.basename(e.path)).sort()).toEqual(['a', 'b']);
+    expect(r.errors.every((e) => e.reason.includes(missing))).toBe(true);
+  });
+
+  it('a truncated index is reported as damaged and rebuilt from the packs', async () => {
+    const { host, store, pack } = await forged([{ name: 'f' }]);
+    const saved = await host.saveIndex([{ id: pack.id, entries: pack.entries }], lock);
+    const bytes = await store.get(saved.key);
+    await store.put(saved.key, bytes.subarray(0, bytes.length / 2)); // truncated copy over the only index
+    await store.delete(saved.key, { versionId: (await store.head(saved.key)).versionId }); // attacker removes its own junk
+    const loaded = await host.loadIndex();
+    expect(loaded.index.has(pack.entries[0]!.id.toString('hex'))).toBe(true); // genuine version still found
+    // an index with no genuine version at all
+    const store2 = new MemoryStore();
+    await store2.put(saved.key, bytes.subarray(0, bytes.length / 2));
+    const { HostRepository } = await import('../../common/repo/repository.js');
+    const h2 = new HostRepository(store2, host.config, host.keys);
+    const l2 = await h2.loadIndex();
+    expect(l2.damaged).toEqual([saved.key]);
+    expect(l2.index.size).toBe(0);
+  });
+});
