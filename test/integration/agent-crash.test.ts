@@ -18,6 +18,26 @@ const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'bulwark-crash-'));
 afterAll(() => fs.rm(tmp, { recursive: true, force: true }));
 const child = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/backup-child.ts');
 
+/** Run the backup child and SIGKILL it after `ms` milliseconds (or let it finish first). */
+function runAndKillAfter(env: Record<string, string>, ms: number): Promise<{ finished: boolean }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, ['--import', 'tsx', child], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let finished = false;
+    let stderr = '';
+    p.stderr.on('data', (d) => (stderr += d));
+    p.stdout.setEncoding('utf8').on('data', (d: string) => {
+      if (d.includes('DONE')) finished = true;
+    });
+    const t = setTimeout(() => p.kill('SIGKILL'), ms);
+    p.on('error', reject);
+    p.on('exit', (code, signal) => {
+      clearTimeout(t);
+      if (signal !== 'SIGKILL' && code !== 0) reject(new Error(`backup child failed (${code}): ${stderr}`));
+      else resolve({ finished });
+    });
+  });
+}
+
 /** Run the backup child and SIGKILL it once it has uploaded at least `killAfter` bytes. */
 function runAndKill(env: Record<string, string>, killAfter: number): Promise<{ killedAt: number; finished: boolean }> {
   return new Promise((resolve, reject) => {
@@ -90,5 +110,58 @@ describe('crash safety against RGW', () => {
     } finally {
       await core.close();
     }
+  });
+});
+
+describe('random kill points', () => {
+  it('20 backups killed at random moments: every committed snapshot stays restorable, the next backup completes', async () => {
+    const { repo, lock, bucket } = await freshRepo('agent-killpoints');
+    const src = path.join(tmp, 'kp-src');
+    await fs.mkdir(src, { recursive: true });
+    const dataDir = path.join(tmp, 'kp-data');
+    const host = repo.host('kp');
+    const cfg = s3Config();
+    const env = {
+      BULWARK_S3_ENDPOINT: cfg.endpoint,
+      BULWARK_S3_ACCESS_KEY: cfg.accessKeyId,
+      BULWARK_S3_SECRET_KEY: cfg.secretAccessKey,
+      BUCKET: bucket,
+      PASSPHRASE: TEST_PASSPHRASE,
+      DATA_DIR: dataDir,
+      ROOT: src,
+      LOCK_UNTIL: String(lock.retainUntil),
+      HOST: 'kp',
+    };
+    // deterministic "random" kill times, spread over the child's start-up, walk, uploads and commit
+    let seed = 20261127;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    let killed = 0;
+    let finished = 0;
+    for (let round = 0; round < 20; round++) {
+      for (let i = 0; i < 3; i++) await fs.writeFile(path.join(src, `r${round}-${i}.bin`), randomBytes(300_000));
+      const r = await runAndKillAfter(env, 300 + Math.floor(rand() * 2500));
+      if (r.finished) finished++;
+      else killed++;
+    }
+    expect(killed).toBeGreaterThanOrEqual(10);
+    // whatever was committed before or between the kills is intact...
+    const snaps = await host.loadSnapshots();
+    const core = await AgentCore.open({ dataDir, hostname: 'kp', host, roots: [src], watch: false });
+    try {
+      for (const s of snaps) {
+        const out = path.join(tmp, `kp-out-${s.id.slice(0, 8)}`);
+        const res = await core.restore({ manifest: s.manifest, target: out });
+        expect(res.errors, s.id).toEqual([]);
+        expect(res.files).toBe(s.manifest.stats.files);
+      }
+      // ...and a final backup completes and matches the live tree
+      const last = await core.backup({ lock, expiresAt: lock.retainUntil });
+      const out = path.join(tmp, 'kp-final');
+      expect((await core.restore({ manifest: last.manifest, target: out })).errors).toEqual([]);
+      expect(await compareTrees(src, path.join(out, src))).toEqual([]);
+    } finally {
+      await core.close();
+    }
+    expect(finished + killed).toBe(20);
   });
 });
