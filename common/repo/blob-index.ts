@@ -71,25 +71,27 @@ export class BlobIndex {
 }
 
 export function encodeIndex(keys: HostKeys, packs: ReadonlyArray<{ id: string; entries: readonly PackEntry[] }>): Buffer {
-  const parts: Buffer[] = [MAGIC];
-  const n = Buffer.alloc(4);
-  n.writeUInt32LE(packs.length);
-  parts.push(n);
-  for (const p of packs) parts.push(Buffer.from(p.id, 'hex'));
-  let count = 0;
-  const entryParts: Buffer[] = [];
+  // one allocation, filled in place: no per-entry buffers, no argument spreading (a backup of
+  // 100,000 small files has 100,000 entries)
+  const count = packs.reduce((n, p) => n + p.entries.length, 0);
+  const body = Buffer.alloc(4 + 4 + packs.length * 32 + 4 + count * (4 + ENTRY_BYTES));
+  MAGIC.copy(body, 0);
+  body.writeUInt32LE(packs.length, 4);
+  let o = 8;
+  for (const p of packs) {
+    body.write(p.id, o, 32, 'hex');
+    o += 32;
+  }
+  body.writeUInt32LE(count, o);
+  o += 4;
   packs.forEach((p, i) => {
     for (const e of p.entries) {
-      const b = Buffer.alloc(4);
-      b.writeUInt32LE(i);
-      entryParts.push(b, encodeEntries([e]).subarray(4));
-      count++;
+      body.writeUInt32LE(i, o);
+      encodeEntries([e]).copy(body, o + 4, 4);
+      o += 4 + ENTRY_BYTES;
     }
   });
-  const c = Buffer.alloc(4);
-  c.writeUInt32LE(count);
-  parts.push(c, ...entryParts);
-  return seal(keys.enc, compress(Buffer.concat(parts)), AAD);
+  return seal(keys.enc, compress(body), AAD);
 }
 
 export function decodeIndex(keys: HostKeys, stored: Uint8Array): Array<{ id: string; entries: PackEntry[] }> {
