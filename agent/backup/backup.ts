@@ -267,7 +267,13 @@ class BackupRun {
     const nodes: TreeNode[] = [];
     const packs = new Set<string>();
     let counts: Counts = { ...ZERO, dirs: 0 };
-    for (const name of names) {
+    // A directory listed in full is mostly small files: stat them ahead in parallel and read the
+    // small ones ahead through a window, so the sequential hash/pack stage never waits on one
+    // file system call at a time (measured: the main thread sat idle 65 % of a 100,000-file backup).
+    const ahead = full ? new LookAhead(abs, names, this.chunkParams.minSize, (n) => prevByName.get(n)) : undefined;
+    for (let ni = 0; ni < names.length; ni++) {
+      const name = names[ni]!;
+      ahead?.advance(ni);
       const prevNode = prevByName.get(name);
       const childDirty = dirty?.children.get(name);
       const childRel = rel === '' ? name : `${rel}/${name}`;
@@ -279,7 +285,7 @@ class BackupRun {
       const childAbs = path.join(abs, name);
       let st: BigIntStats;
       try {
-        st = await fs.lstat(childAbs, { bigint: true });
+        st = ahead ? await ahead.stat(ni) : await fs.lstat(childAbs, { bigint: true });
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
           if (prevNode) states.push([childRel, null]);
@@ -308,7 +314,7 @@ class BackupRun {
             node.content = prevContent;
             for (const id of prevContent) packs.add(this.packer.packOf(id)!);
           } else {
-            node.content = await this.readFile(childAbs, state.size, packs);
+            node.content = await this.readFile(childAbs, state.size, packs, ahead?.content(ni));
             this.progress.filesRead++;
           }
           states.push([childRel, { state, content: node.content }]);
@@ -428,7 +434,7 @@ class BackupRun {
     return entry;
   }
 
-  private async readFile(abs: string, size: number, packs: Set<string>): Promise<string[]> {
+  private async readFile(abs: string, size: number, packs: Set<string>, prefetched?: Promise<Buffer>): Promise<string[]> {
     const content: string[] = [];
     const host = this.o.host;
     const put = async (chunk: Uint8Array) => {
@@ -439,7 +445,7 @@ class BackupRun {
       this.progress.bytesUploaded = this.packer.bytesUploaded;
     };
     if (size <= this.chunkParams.minSize) {
-      const buf = await fs.readFile(abs);
+      const buf = await (prefetched ?? fs.readFile(abs));
       if (buf.length > this.chunkParams.minSize) {
         // grew since lstat: chunk what is there
         for (const c of chunkBuffer(buf, this.gear, this.chunkParams)) await put(c);
@@ -490,6 +496,59 @@ class BackupRun {
     this.progress.elapsedMs = this.clock.now() - this.started;
     this.progress.bytesUploaded = this.packer.bytesUploaded;
     this.o.onProgress?.({ ...this.progress });
+  }
+}
+
+/**
+ * Stats every entry of a directory ahead (32 at a time) and reads small changed files ahead
+ * (16 at a time), in name order, for the sequential loop in BackupRun.dir to consume.
+ */
+class LookAhead {
+  private readonly stats: Array<Promise<BigIntStats> | undefined>;
+  private readonly reads = new Map<number, Promise<Buffer>>();
+  private statNext = 0;
+  private readNext = 0;
+
+  constructor(
+    private readonly dir: string,
+    private readonly names: string[],
+    private readonly small: number,
+    private readonly prev: (name: string) => TreeNode | undefined,
+  ) {
+    this.stats = new Array(names.length);
+  }
+
+  advance(i: number): void {
+    while (this.statNext < this.names.length && this.statNext < i + 32) {
+      const p = fs.lstat(path.join(this.dir, this.names[this.statNext]!), { bigint: true });
+      p.catch(() => undefined); // consumed (and its error handled) by stat()
+      this.stats[this.statNext++] = p;
+    }
+    if (this.readNext < i) this.readNext = i;
+    while (this.readNext < this.names.length && this.readNext < i + 16) {
+      const j = this.readNext++;
+      const name = this.names[j]!;
+      void this.stats[j]!.then((st) => {
+        if (!st.isFile() || st.size > BigInt(this.small) || st.size === 0n) return;
+        const prev = this.prev(name);
+        const prevState = prev ? nodeState(prev) : undefined;
+        if (prev?.content && !fileChanged(statToFileState(st), prevState)) return; // will be reused, not read
+        const r = fs.readFile(path.join(this.dir, name));
+        r.catch(() => undefined); // consumed by content()
+        this.reads.set(j, r);
+      }, () => undefined);
+    }
+  }
+
+  stat(i: number): Promise<BigIntStats> {
+    return this.stats[i]!;
+  }
+
+  /** The prefetched bytes of entry i, if it was read ahead. */
+  content(i: number): Promise<Buffer> | undefined {
+    const r = this.reads.get(i);
+    this.reads.delete(i);
+    return r;
   }
 }
 
