@@ -105,7 +105,12 @@ export class S3Store implements BlobStore {
       maxAttempts: 1,
       requestHandler: new NodeHttpHandler({
         connectionTimeout: 10_000,
+        // requestTimeout bounds a request up to its response headers, but smithy only logs a
+        // warning when it passes unless throwOnRequestTimeout is set; socketTimeout (idle) ends a
+        // response body that stops arriving. Without both, a stalled server hangs us forever.
         requestTimeout: o.requestTimeoutMs,
+        throwOnRequestTimeout: true,
+        socketTimeout: o.requestTimeoutMs,
         httpAgent: new http.Agent(agentOpts),
         httpsAgent: new https.Agent(agentOpts),
       }),

@@ -129,14 +129,23 @@ export class RetryingStore implements BlobStore {
 
   /** Re-run a listing after a retryable failure, skipping what `fresh` says was already yielded. */
   private async *resumable<T>(signal: AbortSignal | undefined, what: string, open: () => AsyncIterable<T>, fresh: (e: T) => boolean): AsyncIterable<T> {
+    // the budget runs from the first attempt, or from the last entry the listing delivered (and
+    // the caller took): a long listing that made progress is not failed by the time it spent
+    // succeeding, nor by the time its caller spent between entries
+    let start = Date.now();
     for (let attempt = 1; ; attempt++) {
+      throwIfAborted(signal);
       try {
-        for await (const e of open()) if (fresh(e)) yield e;
+        for await (const e of open()) {
+          if (fresh(e)) yield e;
+          start = Date.now();
+        }
         return;
       } catch (raw) {
         const err = asBulwarkError(raw);
         if (!err.retryable || attempt >= this.o.maxAttempts) throw err;
         const delay = Math.min(this.o.maxDelayMs, this.o.baseDelayMs * 2 ** (attempt - 1));
+        if (Date.now() - start + delay > this.o.budgetMs) throw err;
         this.o.onRetry?.(what, attempt, err, delay);
         await this.o.sleep(delay, signal);
       }
