@@ -26,7 +26,7 @@ const USAGE = `usage: bulwark <command> [options]
              --passphrase-file F                             add an S3 target (checks it, creates the repository)
   target check NAME | target list
   policy create NAME --target T --path P [--path P2] [--exclude GLOB] [--host H]
-             --schedule "every 1d" --retention 30d [--lock-mode compliance|governance]
+             --schedule "every 1d"|"0 2 * * *" --retention 30d [--lock-mode compliance|governance]
   policy list | policy show NAME | policy delete NAME
   hosts                                                      hosts, status, protection horizon
   backup HOST [--wait]                                       back a host up now

@@ -11,6 +11,7 @@ import type { Controller } from './controller.js';
 import { isTerminal, toGrpcError } from './controller.js';
 import { rebuildCatalog } from './maintenance.js';
 import { compilePolicy } from './policy.js';
+import { nextRun, parseSchedule } from './schedule.js';
 import { createOrOpenTarget } from './targets.js';
 import { checkBucket } from '../common/storage/doctor.js';
 import { maintainerStore } from './targets.js';
@@ -121,7 +122,7 @@ export function buildAdminService(c: Controller): AdminServiceServer {
             lastBackupMs: BigInt(h.lastBackup ?? 0),
             protectionHorizonMs: BigInt(h.horizon ?? 0),
             lastSnapshotId: h.lastSnapshotId ?? '',
-            nextBackupMs: BigInt(p ? (h.lastBackup ?? 0) + p.intervalMs : 0),
+            nextBackupMs: BigInt(p ? Math.min(nextRun(parseSchedule(p.schedule), h.lastBackup ?? 0), 8.64e15) : 0),
           };
         }),
       };

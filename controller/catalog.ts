@@ -39,8 +39,8 @@ export interface PolicyRecord {
   hosts: string[];
   paths: string[];
   excludes: string[];
+  /** `every <duration>` or a cron expression (schedule.ts). */
   schedule: string;
-  intervalMs: number;
   retention: string;
   retentionMs: number;
   lockMode: 'COMPLIANCE' | 'GOVERNANCE';

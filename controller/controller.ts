@@ -32,6 +32,7 @@ import { Catalog, type HostRecord, type JobRecord, type PolicyRecord, type Targe
 import { lockGeneration } from './lock-planner.js';
 import { auditTarget, groomTarget, protectAhead, recordSnapshot, writeCheckpoint } from './maintenance.js';
 import { policyCovers } from './policy.js';
+import { nextRun, parseSchedule } from './schedule.js';
 import { openTargetRepo } from './targets.js';
 
 type AuthContextLike = { sslPeerCertificate?: PeerCertificate };
@@ -485,7 +486,7 @@ export class Controller {
       if (!p) continue;
       if (jobs.some((j) => j.hostId === h.id && !isTerminal(j.state))) continue;
       const lastStart = Math.max(0, ...jobs.filter((j) => j.hostId === h.id && j.kind === 'backup' && j.state === 'succeeded').map((j) => j.created));
-      if (now - lastStart >= p.intervalMs) await this.queueBackup(h.id);
+      if (now >= nextRun(parseSchedule(p.schedule), lastStart)) await this.queueBackup(h.id);
     }
   }
 
@@ -501,7 +502,7 @@ export class Controller {
         const next = new Map<string, number>();
         for (const h of await this.catalog.all(this.catalog.hosts)) {
           const p = policies.find((x) => policyCovers(x, h.id, h.hostname));
-          if (p) next.set(h.id, Math.max(now, (h.lastBackup ?? now) + p.intervalMs) + p.retentionMs);
+          if (p) next.set(h.id, Math.min(Math.max(now, nextRun(parseSchedule(p.schedule), h.lastBackup ?? now)), now + 366 * 86_400_000) + p.retentionMs);
         }
         const retention = Math.max(60_000, ...policies.map((p) => p.retentionMs));
         if (!o.dryRun) await protectAhead(this.catalog, target, repo, next, now, retention);

@@ -5,6 +5,7 @@
 import { parseDuration } from '../common/duration.js';
 import { BulwarkError } from '../common/errors.js';
 import type { PolicyRecord } from './catalog.js';
+import { parseSchedule } from './schedule.js';
 
 export interface PolicyInput {
   name: string;
@@ -15,15 +16,6 @@ export interface PolicyInput {
   schedule: string;
   retention: string;
   lockMode?: string;
-}
-
-/** `every 30s`, `every 7d`. Cron expressions are not supported yet (said plainly). */
-export function parseSchedule(text: string): number {
-  const m = /^\s*every\s+(\S+)\s*$/i.exec(text);
-  if (!m) {
-    throw new BulwarkError('INVALID_ARGUMENT', `schedule ${JSON.stringify(text)} is not understood: write "every <duration>", e.g. "every 1d" or "every 30s" (cron expressions are not supported yet)`);
-  }
-  return parseDuration(m[1]!);
 }
 
 export function compilePolicy(p: PolicyInput): PolicyRecord {
@@ -38,8 +30,7 @@ export function compilePolicy(p: PolicyInput): PolicyRecord {
     hosts: p.hosts ?? [],
     paths: p.paths,
     excludes: p.excludes ?? [],
-    schedule: p.schedule,
-    intervalMs: parseSchedule(p.schedule),
+    schedule: (parseSchedule(p.schedule), p.schedule.trim()),
     retention: p.retention,
     retentionMs: parseDuration(p.retention),
     lockMode,
