@@ -7,6 +7,7 @@ import { BulwarkError, hasCode } from '../common/errors.js';
 import { deriveKey, open, seal } from '../common/repo/crypto.js';
 import { layout } from '../common/repo/layout.js';
 import type { Repository } from '../common/repo/repository.js';
+import type { SnapshotManifest } from '../common/repo/snapshot.js';
 import { readVerified } from '../common/repo/verified-read.js';
 import { type AuditReport, audit } from './auditor.js';
 import { Catalog, type PolicyRecord, type SnapshotRecord, type TargetRecord } from './catalog.js';
@@ -85,18 +86,13 @@ export async function protectAhead(catalog: Catalog, target: TargetRecord, repo:
   return report;
 }
 
-/** Record a snapshot an agent committed: the manifest is read from the bucket, times are ours. */
-export async function recordSnapshot(catalog: Catalog, target: TargetRecord, repo: Repository, hostId: string, snapshotId: string, job: { policy: string; expiresAt: number; lockUntil: number }, now: number): Promise<SnapshotRecord> {
-  const m = await repo.host(hostId).loadSnapshot(snapshotId);
-  if (m.hostId !== hostId) throw new BulwarkError('ACCESS_DENIED', `snapshot ${snapshotId} belongs to another host`);
-  const rec: SnapshotRecord = {
-    id: snapshotId,
-    hostId,
+/** A catalog record from a manifest and the times and policy the controller vouches for. */
+function snapshotRecord(id: string, target: TargetRecord, m: SnapshotManifest, vouched: Pick<SnapshotRecord, 'policy' | 'time' | 'expiresAt' | 'lockUntil'>): SnapshotRecord {
+  return {
+    id,
+    hostId: m.hostId,
     target: target.name,
-    policy: job.policy,
-    time: now,
-    expiresAt: job.expiresAt,
-    lockUntil: job.lockUntil,
+    ...vouched,
     roots: m.roots.map((r) => r.path),
     packs: m.packs,
     indexes: m.indexes,
@@ -104,6 +100,13 @@ export async function recordSnapshot(catalog: Catalog, target: TargetRecord, rep
     bytes: m.stats.bytes,
     bytesUploaded: m.stats.bytesUploaded,
   };
+}
+
+/** Record a snapshot an agent committed: the manifest is read from the bucket, times are ours. */
+export async function recordSnapshot(catalog: Catalog, target: TargetRecord, repo: Repository, hostId: string, snapshotId: string, job: { policy: string; expiresAt: number; lockUntil: number }, now: number): Promise<SnapshotRecord> {
+  const m = await repo.host(hostId).loadSnapshot(snapshotId);
+  if (m.hostId !== hostId) throw new BulwarkError('ACCESS_DENIED', `snapshot ${snapshotId} belongs to another host`);
+  const rec = snapshotRecord(snapshotId, target, m, { policy: job.policy, time: now, expiresAt: job.expiresAt, lockUntil: job.lockUntil });
   await catalog.putSnapshot(rec);
   // the agent committed only after checking each pack is locked at least until the expiry
   const batch = catalog.locks.batch();
@@ -198,21 +201,12 @@ export async function rebuildCatalog(catalog: Catalog, target: TargetRecord, rep
     if (!existing) await catalog.hosts.put(hostId, { id: hostId, hostname: name, enrolledAt: 0, certFingerprint: '', revoked: false, lastSeen: 0 });
     for (const { id, manifest: m } of snaps) {
       const cp = known.get(id);
-      const rec: SnapshotRecord = {
-        id,
-        hostId,
-        target: target.name,
+      const rec = snapshotRecord(id, target, m, {
         policy: cp?.policy ?? m.policy ?? '',
         time: cp?.time ?? m.finishedAt,
         expiresAt: cp?.expiresAt ?? m.expiresAt,
         lockUntil: cp?.lockUntil ?? m.lock.retainUntil,
-        roots: m.roots.map((r) => r.path),
-        packs: m.packs,
-        indexes: m.indexes,
-        files: m.stats.files,
-        bytes: m.stats.bytes,
-        bytesUploaded: m.stats.bytesUploaded,
-      };
+      });
       await catalog.putSnapshot(rec);
       nSnaps++;
     }

@@ -18,6 +18,22 @@ const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'bulwark-crash-'));
 afterAll(() => fs.rm(tmp, { recursive: true, force: true }));
 const child = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../fixtures/backup-child.ts');
 
+/** The backup child's configuration (test/fixtures/backup-child.ts). */
+function childEnv(bucket: string, dataDir: string, root: string, lockUntil: number, host: string): Record<string, string> {
+  const cfg = s3Config();
+  return {
+    BULWARK_S3_ENDPOINT: cfg.endpoint,
+    BULWARK_S3_ACCESS_KEY: cfg.accessKeyId,
+    BULWARK_S3_SECRET_KEY: cfg.secretAccessKey,
+    BUCKET: bucket,
+    PASSPHRASE: TEST_PASSPHRASE,
+    DATA_DIR: dataDir,
+    ROOT: root,
+    LOCK_UNTIL: String(lockUntil),
+    HOST: host,
+  };
+}
+
 /** Run the backup child and SIGKILL it `ms` milliseconds after it has opened (or let it finish first). */
 function runAndKillAfter(env: Record<string, string>, ms: number): Promise<{ finished: boolean }> {
   return new Promise((resolve, reject) => {
@@ -79,18 +95,7 @@ describe('crash safety against RGW', () => {
     // 24 MiB of new random data (12 packs of 2 MiB), and a changed file
     for (let i = 0; i < 24; i++) await fs.writeFile(path.join(src, 'd', `f${i}`), randomBytes(1024 * 1024));
     await fs.writeFile(path.join(src, 'keep.txt'), 'version 2');
-    const cfg = s3Config();
-    const env = {
-      BULWARK_S3_ENDPOINT: cfg.endpoint,
-      BULWARK_S3_ACCESS_KEY: cfg.accessKeyId,
-      BULWARK_S3_SECRET_KEY: cfg.secretAccessKey,
-      BUCKET: bucket,
-      PASSPHRASE: TEST_PASSPHRASE,
-      DATA_DIR: dataDir,
-      ROOT: src,
-      LOCK_UNTIL: String(lock.retainUntil),
-      HOST: 'crash',
-    };
+    const env = childEnv(bucket, dataDir, src, lock.retainUntil, 'crash');
     const killed = await runAndKill(env, 6 * 1024 * 1024);
     expect(killed.finished).toBe(false);
     expect(killed.killedAt).toBeGreaterThanOrEqual(6 * 1024 * 1024);
@@ -122,18 +127,7 @@ describe('random kill points', () => {
     await fs.mkdir(src, { recursive: true });
     const dataDir = path.join(tmp, 'kp-data');
     const host = repo.host('kp');
-    const cfg = s3Config();
-    const env = {
-      BULWARK_S3_ENDPOINT: cfg.endpoint,
-      BULWARK_S3_ACCESS_KEY: cfg.accessKeyId,
-      BULWARK_S3_SECRET_KEY: cfg.secretAccessKey,
-      BUCKET: bucket,
-      PASSPHRASE: TEST_PASSPHRASE,
-      DATA_DIR: dataDir,
-      ROOT: src,
-      LOCK_UNTIL: String(lock.retainUntil),
-      HOST: 'kp',
-    };
+    const env = childEnv(bucket, dataDir, src, lock.retainUntil, 'kp');
     // deterministic "random" kill times, spread over the child's start-up, walk, uploads and commit
     let seed = 20261127;
     const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
