@@ -119,6 +119,32 @@ describe('hostile input at the controller', () => {
     await health();
   });
 
+  it('malformed protobuf bytes are refused and the controller keeps serving', async () => {
+    const Raw = grpc.makeGenericClientConstructor(
+      {
+        enroll: {
+          path: '/bulwark.v1.AgentService/Enroll',
+          requestStream: false,
+          responseStream: false,
+          requestSerialize: (b: Buffer) => b,
+          requestDeserialize: (b: Buffer) => b,
+          responseSerialize: (b: Buffer) => b,
+          responseDeserialize: (b: Buffer) => b,
+        },
+      },
+      'Raw',
+    );
+    const raw = new Raw(c.address, grpc.credentials.createSsl(Buffer.from(c.ca.certPem))) as unknown as { enroll(b: Buffer, cb: (e: grpc.ServiceError | null, r: Buffer) => void): void; close(): void };
+    // a length-delimited field whose length runs past the end, and a wire type that does not exist
+    for (const garbage of [Buffer.from([0x0a, 0xff, 0xff, 0x03, 0x41]), Buffer.from([0x0f, 0x01]), Buffer.from('not protobuf at all')]) {
+      const code = await codeOf(unary((cb) => raw.enroll(garbage, cb)));
+      expect(['INTERNAL', 'INVALID_ARGUMENT', 'PERMISSION_DENIED']).toContain(code);
+      expect(code).not.toBe('OK');
+    }
+    raw.close();
+    await health();
+  });
+
   it('an oversized message is refused and the controller keeps serving', async () => {
     const client = new AgentServiceClient(c.address, grpc.credentials.createSsl(Buffer.from(c.ca.certPem)));
     const code = await codeOf(unary((cb) => client.enroll({ tokenSecret: 'x', hostname: 'x'.repeat(5 * 1024 * 1024), csrPem: '' }, cb)));
