@@ -106,7 +106,8 @@ up() {
   # a cluster dir whose gateway does not answer is a leftover (crash, reboot): start afresh
   [ -f "$CONF" ] && { log "removing a stale cluster in $DIR"; down; }
   for p in "$RGW_PORT" "$MON_PORT_V2" "$MON_PORT_V1"; do
-    if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then
+    # ss (iproute2) may be missing on a minimal machine; bash's /dev/tcp tells the same
+    if (command -v ss >/dev/null && ss -Hltn "sport = :$p" 2>/dev/null | grep -q .) || (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       die "port $p is already in use (another cluster? run 'scripts/s3-local.sh down', or set RGW_PORT/MON_PORT_V1/MON_PORT_V2)"
     fi
   done
