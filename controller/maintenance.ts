@@ -38,10 +38,17 @@ export interface ExtendReport {
  * Plan and apply the look-ahead for the snapshots of `target` in the catalog; `nextExpiry` gives the
  * expiry of each host's next snapshot (the backup about to be dispatched, or the next scheduled).
  */
-export async function protectAhead(catalog: Catalog, target: TargetRecord, repo: Repository, nextExpiry: Map<string, number>, now: number, retentionMs: number): Promise<ExtendReport> {
-  const live = (await catalog.snapshotsOf()).filter((s) => s.target === target.name && s.expiresAt > now);
+export async function protectAhead(catalog: Catalog, target: TargetRecord, repo: Repository, nextExpiry: Map<string, number>, now: number, retentionMs: number, hostId?: string): Promise<ExtendReport> {
+  // before one host's backup only that host's snapshots matter (plus the foundation); the
+  // periodic run covers the fleet
+  const live = (await catalog.snapshotsOf(hostId)).filter((s) => s.target === target.name && s.expiresAt > now);
+  const keys = [...foundationKeys(repo), ...live.flatMap((s) => [layout.snapshot(s.hostId, s.id), ...s.packs.map((p) => layout.pack(s.hostId, p))])];
   const knownLocks = new Map<string, number>();
-  for await (const [k, v] of catalog.locks.iterator()) knownLocks.set(k, v);
+  const values = await catalog.locks.getMany(keys);
+  keys.forEach((k, i) => {
+    const v = values[i];
+    if (v !== undefined) knownLocks.set(k, v);
+  });
   const plan = planLocks({
     now,
     snapshots: live.map(toPlanned),
