@@ -23,6 +23,7 @@
  * Rules are tried in order for each request; the first one that matches the request and fires
  * decides its fault. A request no rule fires for is forwarded untouched.
  */
+import { rng as prng } from './fs-tree.js';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 
@@ -117,18 +118,6 @@ export interface FaultProxy {
   summary(): string;
   /** Stop listening, cut every open connection, cancel stalls. */
   close(): Promise<void>;
-}
-
-/** Deterministic PRNG (mulberry32), as in fs-tree.ts. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function zeroStats(): ProxyStats {
