@@ -36,7 +36,7 @@ export async function enroll(dataDir: string, token: string, hostname = os.hostn
   const t = decodeToken(token);
   const caPem = await fetchPinnedCa(t.address, t.caFingerprint);
   const { keyPem, csrPem } = await createKeyAndCsr(hostname);
-  const client = new AgentServiceClient(t.address, grpc.credentials.createSsl(Buffer.from(caPem)), serverNameOptions(t.address));
+  const client = new AgentServiceClient(t.address, grpc.credentials.createSsl(Buffer.from(caPem)));
   try {
     const res = await new Promise<{ hostId: string; clientCertPem: string; caCertPem: string }>((resolve, reject) =>
       client.enroll({ tokenSecret: t.secret, hostname, csrPem }, (err, r) => (err ? reject(new BulwarkError('ACCESS_DENIED', `enrollment refused: ${err.details || err.message}`)) : resolve(r))),
@@ -48,11 +48,6 @@ export async function enroll(dataDir: string, token: string, hostname = os.hostn
   } finally {
     client.close();
   }
-}
-
-/** The controller's certificate names localhost/127.0.0.1; dialing by IP needs no override. */
-export function serverNameOptions(_address: string): Partial<grpc.ClientOptions> {
-  return {};
 }
 
 export function mtlsCredentials(id: Pick<AgentIdentity, 'caPem' | 'certPem' | 'keyPem'>): grpc.ChannelCredentials {

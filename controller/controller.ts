@@ -21,7 +21,6 @@ import type { PeerCertificate } from 'node:tls';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { type Clock, systemClock } from '../common/clock.js';
-import { parseDuration } from '../common/duration.js';
 import { BulwarkError, asBulwarkError } from '../common/errors.js';
 import { AdminServiceService, type AdminServiceServer } from '../common/gen/bulwark/v1/admin.js';
 import { AgentServiceService, type AgentMessage, type AgentServiceServer, type ControllerMessage } from '../common/gen/bulwark/v1/agent.js';
@@ -655,4 +654,3 @@ function addHealth(server: grpc.Server): void {
   server.addService(svc, { Check: (_call: unknown, cb: grpc.sendUnaryData<Buffer>) => cb(null, Buffer.from([0x08, 0x01])) });
 }
 
-export { parseDuration };

@@ -1,12 +1,12 @@
+import { describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { decodeIndex, encodeIndex } from '../../common/repo/blob-index.js';
+import { deriveHostKeys } from '../../common/repo/keys.js';
 import { MemoryStore } from '../../common/storage/memory-store.js';
 import { repoTamperSuite } from '../conformance/repo-tamper-suite.js';
 
 repoTamperSuite('MemoryStore', { lockedStore: async () => new MemoryStore() });
 
-import { describe, expect, it } from 'vitest';
-import { randomBytes } from 'node:crypto';
-import { decodeIndex, encodeIndex } from '../../common/repo/blob-index.js';
-import { deriveHostKeys } from '../../common/repo/keys.js';
 
 describe('index objects', () => {
   it('encode and decode 200,000 entries across many packs (a first backup of many small files)', () => {
