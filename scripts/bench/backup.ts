@@ -54,6 +54,7 @@ import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { Repository } from '../../common/repo/repository.js';
 import { openS3Store } from '../../common/storage/open-store.js';
+import { s3Env } from './s3-env.js';
 
 const MiB = 1024 * 1024;
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -106,20 +107,6 @@ const fmt = (n: number, d = 1): string => (Number.isFinite(n) ? n.toFixed(d) : '
 const round3 = (n: number): number | null => (Number.isFinite(n) ? Math.round(n * 1000) / 1000 : null);
 const log = (s: string): void => console.log(s);
 
-function s3Env(): { endpoint: string; accessKeyId: string; secretAccessKey: string; region: string } {
-  let e = process.env;
-  if (!e.BULWARK_S3_ENDPOINT) {
-    const out = execFileSync('bash', [path.join(REPO_ROOT, 'scripts/s3-local.sh'), 'up'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-    e = { ...e };
-    for (const m of out.matchAll(/^export (\w+)=(.*)$/gm)) e[m[1]!] = m[2]!;
-  }
-  const need = (k: string): string => {
-    const v = e[k];
-    if (!v) throw new Error(`${k} is not set`);
-    return v;
-  };
-  return { endpoint: need('BULWARK_S3_ENDPOINT'), accessKeyId: need('BULWARK_S3_ACCESS_KEY'), secretAccessKey: need('BULWARK_S3_SECRET_KEY'), region: e.BULWARK_S3_REGION ?? 'us-east-1' };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Data

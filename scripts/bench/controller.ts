@@ -66,6 +66,7 @@ import type { AdminBundle } from '../../controller/controller.js';
 import { AdminServiceClient, type JobInfo } from '../../common/gen/bulwark/v1/admin.js';
 import { AgentServiceClient, type AgentMessage, type ControllerMessage, type EnrollResponse } from '../../common/gen/bulwark/v1/agent.js';
 import { createKeyAndCsr, decodeToken, fetchPinnedCa, fingerprint } from '../../common/pki.js';
+import { s3Env } from './s3-env.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO_ROOT = path.resolve(HERE, '../..');
@@ -107,20 +108,6 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-function s3Env(): { endpoint: string; accessKeyId: string; secretAccessKey: string; region: string } {
-  let e = env;
-  if (!e.BULWARK_S3_ENDPOINT) {
-    const out = execFileSync('bash', [path.join(REPO_ROOT, 'scripts/s3-local.sh'), 'up'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-    e = { ...e };
-    for (const m of out.matchAll(/^export (\w+)=(.*)$/gm)) e[m[1]!] = m[2]!;
-  }
-  const need = (k: string): string => {
-    const v = e[k];
-    if (!v) throw new Error(`${k} is not set`);
-    return v;
-  };
-  return { endpoint: need('BULWARK_S3_ENDPOINT'), accessKeyId: need('BULWARK_S3_ACCESS_KEY'), secretAccessKey: need('BULWARK_S3_SECRET_KEY'), region: e.BULWARK_S3_REGION ?? 'us-east-1' };
-}
 
 /** Nearest-rank percentile of an ascending array. */
 function pct(sorted: number[], p: number): number {

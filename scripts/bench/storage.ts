@@ -50,6 +50,7 @@ import { layout } from '../../common/repo/layout.js';
 import { PackBuilder, sealBlob } from '../../common/repo/pack.js';
 import type { VersionEntry } from '../../common/storage/blob-store.js';
 import { S3Store, type S3StoreOptions } from '../../common/storage/s3-store.js';
+import { type S3Env, s3Env } from './s3-env.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -282,31 +283,6 @@ function generateText(size: number): Uint8Array {
 
 // ---------------------------------------------------------------------------------------------
 // S3, rclone and the local RGW
-
-interface S3Env {
-  endpoint: string;
-  accessKeyId: string;
-  secretAccessKey: string;
-  region: string;
-}
-
-function s3Env(): S3Env {
-  const read = (): S3Env | undefined => {
-    const e = process.env;
-    return e.BULWARK_S3_ENDPOINT && e.BULWARK_S3_ACCESS_KEY && e.BULWARK_S3_SECRET_KEY
-      ? { endpoint: e.BULWARK_S3_ENDPOINT, accessKeyId: e.BULWARK_S3_ACCESS_KEY, secretAccessKey: e.BULWARK_S3_SECRET_KEY, region: e.BULWARK_S3_REGION ?? 'us-east-1' }
-      : undefined;
-  };
-  const fromEnv = read();
-  if (fromEnv) return fromEnv;
-  const script = fileURLToPath(new URL('../s3-local.sh', import.meta.url));
-  const r = spawnSync('bash', [script, 'up'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  if (r.status !== 0) throw new Error(`scripts/s3-local.sh up failed (exit ${r.status})`);
-  for (const m of r.stdout.matchAll(/^export (BULWARK_S3_[A-Z_]+)=(.*)$/gm)) process.env[m[1]!] = m[2]!;
-  const got = read();
-  if (!got) throw new Error('scripts/s3-local.sh up printed no BULWARK_S3_* settings');
-  return got;
-}
 
 const storeOptions = (s3: S3Env, bucket: string): S3StoreOptions => ({ ...s3, bucket, forcePathStyle: true });
 
