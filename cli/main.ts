@@ -11,13 +11,14 @@ import { parseArgs } from 'node:util';
 import { parseDuration } from '../common/duration.js';
 import { BulwarkError, asBulwarkError } from '../common/errors.js';
 import type { AdminServiceClient } from '../common/gen/bulwark/v1/admin.js';
-import type { JobInfo } from '../common/gen/bulwark/v1/admin.js';
+import type { HostProtection, JobInfo } from '../common/gen/bulwark/v1/admin.js';
 import { adminClient, call, fromGrpc, loadAdminCredential } from './client.js';
 import { ago, bytes, progressLine, table, time } from './format.js';
 
 const USAGE = `usage: bulwark <command> [options]
 
-  controller start [--data-dir D] [--listen HOST:PORT]      run the controller
+  controller start [--data-dir D] [--listen HOST:PORT] [--reprotect-below 0.5]
+                                                             run the controller
   token create [--valid-for 1h]                              one-time enrollment token for an agent
   agent enroll --token T [--data-dir D]                      enroll this host
   agent start [--data-dir D] [--token T]                     run the agent (enrolls first if given a token)
@@ -29,6 +30,7 @@ const USAGE = `usage: bulwark <command> [options]
              --schedule "every 1d"|"0 2 * * *" --retention 30d [--lock-mode compliance|governance]
   policy list | policy show NAME | policy delete NAME
   hosts                                                      hosts, status, protection horizon
+  protection [HOST]                                          what the lock planner did per host on its last run
   backup HOST [--wait]                                       back a host up now
   snapshots [HOST]                                           restore points
   ls HOST SNAPSHOT [PATH]                                    browse a snapshot
@@ -79,6 +81,7 @@ const OPTIONS = {
   'dry-run': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   'maintenance-every': { type: 'string' },
+  'reprotect-below': { type: 'string' },
   'access-key': { type: 'string' },
   'secret-key': { type: 'string' },
 } as const;
@@ -95,6 +98,15 @@ function out(o: Opts, value: unknown, human: () => string): void {
 
 function client(o: Opts): AdminServiceClient {
   return adminClient(loadAdminCredential(o.admin as string | undefined));
+}
+
+const packs = (n: number) => `${n} pack${n === 1 ? '' : 's'}`;
+
+/** A fraction from 0 to 1 given on the command line. */
+function fraction(v: string, name: string): number {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new UsageError(`--${name} must be a fraction from 0 to 1 (e.g. --${name} 0.5), not ${JSON.stringify(v)}`);
+  return n;
 }
 
 /** The name this host enrolls and reports under: $BULWARK_HOSTNAME, else the system's. */
@@ -159,6 +171,7 @@ const commands: Record<string, (args: string[], o: Opts) => Promise<void>> = {
       ...(o.listen ? { listen: o.listen as string } : {}),
       ...(o.advertise ? { advertise: o.advertise as string } : {}),
       ...(o['maintenance-every'] ? { maintenanceMs: parseDuration(o['maintenance-every'] as string) } : {}),
+      ...(o['reprotect-below'] !== undefined ? { reprotectBelow: fraction(o['reprotect-below'] as string, 'reprotect-below') } : {}),
       log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`),
     });
     process.stderr.write(`controller running at ${c.address}; admin credential: ${path.join(path.resolve(dataDir), 'admin.json')}\n`);
@@ -275,6 +288,39 @@ const commands: Record<string, (args: string[], o: Opts) => Promise<void>> = {
         }),
       ),
     );
+  },
+  async protection(a, o) {
+    const r = await call<{ hostId: string }, { hosts: HostProtection[] }>(client(o), 'listProtection', { hostId: a[0] ?? '' });
+    const now = Date.now();
+    out(o, r.hosts, () => {
+      const rows = r.hosts.map((h) => {
+        const l = h.last;
+        if (!l) return [h.hostId, 'never', '-', '-', '-', '-', ''];
+        const note = [l.failed ? `${l.failed} extensions failed` : '', l.livenessError ? `liveness not measured: ${l.livenessError}` : '', l.alreadyLonger ? `${l.alreadyLonger} already longer` : ''].filter(Boolean).join('; ');
+        return [
+          h.hostId,
+          ago(Number(l.atMs), now),
+          l.trigger,
+          `${packs(l.packsExtended)} (${bytes(Number(l.bytesExtended))})`,
+          l.packsReprotect ? `${packs(l.packsReprotect)} (${bytes(Number(l.bytesReupload))} live, ${bytes(Number(l.bytesReleased))} dead)` : '0',
+          time(Number(l.horizonMs)),
+          note,
+        ];
+      });
+      const lines = [table(['HOST', 'LAST RUN', 'BY', 'EXTENDED', 'RE-PROTECT (< ' + Math.round((r.hosts.find((h) => h.last)?.last?.reprotectBelow ?? 0.5) * 100) + ' % live)', 'IMMUTABLE UNTIL', 'NOTE'], rows)];
+      for (const h of r.hosts) {
+        const x = h.reprotect;
+        if (!x) continue;
+        const outcome =
+          x.state === 'succeeded'
+            ? `succeeded: snapshot ${x.snapshotId.slice(0, 12)} no longer needs ${x.packsDropped} of them (${bytes(Number(x.bytesUploaded))} uploaded in all)`
+            : x.state === 'failed'
+              ? 'the backup failed: the next backup is asked again'
+              : 'backup running';
+        lines.push(`${h.hostId}: re-protection asked ${ago(Number(x.atMs), now)} (job ${x.jobId}): ${packs(x.packs.length)}, ${bytes(Number(x.bytesReupload))} to upload again, ${bytes(Number(x.bytesReleased))} dead no longer kept locked; ${outcome}`);
+      }
+      return lines.join('\n');
+    });
   },
   async backup(a, o) {
     if (!a[0]) throw new UsageError('backup needs a HOST (see bulwark hosts)');

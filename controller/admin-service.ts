@@ -5,8 +5,8 @@
 import type * as grpc from '@grpc/grpc-js';
 import { parseDuration } from '../common/duration.js';
 import { BulwarkError } from '../common/errors.js';
-import type { AdminServiceServer, JobInfo } from '../common/gen/bulwark/v1/admin.js';
-import type { JobRecord, SnapshotRecord } from './catalog.js';
+import type { AdminServiceServer, HostProtection, JobInfo } from '../common/gen/bulwark/v1/admin.js';
+import type { HostRecord, JobRecord, ProtectionRecord, SnapshotRecord } from './catalog.js';
 import type { Controller } from './controller.js';
 import { isTerminal, toGrpcError } from './controller.js';
 import { rebuildCatalog } from './maintenance.js';
@@ -48,6 +48,48 @@ const snapToWire = (s: SnapshotRecord) => ({
   policy: s.policy,
   roots: s.roots,
 });
+
+export function protectionToWire(h: Pick<HostRecord, 'id' | 'hostname'>, p: ProtectionRecord | undefined): HostProtection {
+  const l = p?.last;
+  const r = p?.reprotect;
+  return {
+    hostId: h.id,
+    hostname: h.hostname,
+    last: l
+      ? {
+          atMs: BigInt(l.at),
+          trigger: l.trigger,
+          target: l.target,
+          jobId: l.jobId ?? '',
+          packsExtended: l.packsExtended,
+          bytesExtended: BigInt(l.bytesExtended),
+          manifestsExtended: l.manifestsExtended,
+          alreadyLonger: l.alreadyLonger,
+          failed: l.failed,
+          packsReprotect: l.packsReprotect,
+          bytesReupload: BigInt(l.bytesReupload),
+          bytesReleased: BigInt(l.bytesReleased),
+          reprotectBelow: l.reprotectBelow,
+          horizonMs: BigInt(l.horizon),
+          packsMeasured: l.packsMeasured,
+          livenessError: l.livenessError ?? '',
+        }
+      : undefined,
+    reprotect: r
+      ? {
+          atMs: BigInt(r.at),
+          jobId: r.jobId,
+          packs: r.packs.map((x) => ({ id: x.id, size: BigInt(x.size), live: x.live })),
+          bytesReupload: BigInt(r.bytesReupload),
+          bytesReleased: BigInt(r.bytesReleased),
+          state: r.state,
+          snapshotId: r.snapshotId ?? '',
+          packsDropped: r.packsDropped ?? 0,
+          bytesUploaded: BigInt(r.bytesUploaded ?? 0),
+        }
+      : undefined,
+  };
+}
 
 export function buildAdminService(c: Controller): AdminServiceServer {
   // Each handler: check the admin credential, run, map errors in one place.
@@ -226,6 +268,13 @@ export function buildAdminService(c: Controller): AdminServiceServer {
         uncovered: reports.flatMap((r) => r.uncovered.map((u) => ({ path: `${u.hostId} ${u.snapshot.slice(0, 12)} ${u.key}`, reason: u.reason }))),
         tampered: reports.flatMap((r) => r.tampered.map((t) => ({ path: t.key, reason: t.detail }))),
       };
+    }),
+    listProtection: unary(async (req) => {
+      const hosts = req.hostId ? [await cat.get(cat.hosts, req.hostId)] : await cat.all(cat.hosts);
+      if (req.hostId && !hosts[0]) throw new BulwarkError('NOT_FOUND', `no host ${req.hostId}: see bulwark hosts`);
+      const out = [];
+      for (const h of hosts) out.push(protectionToWire(h!, await cat.get(cat.protection, h!.id)));
+      return { hosts: out };
     }),
     rebuildCatalog: unary(async () => {
       let hosts = 0;

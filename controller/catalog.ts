@@ -12,10 +12,14 @@
  *   snapshots  `${host}\0${time}\0${id}` → SnapshotRecord (so a host's snapshots list in time order)
  *   jobs       id → JobRecord
  *   locks      object key → known lock end (a lower bound; see lock-planner.ts)
+ *   protection host id → ProtectionRecord: what the lock planner did for the host on its last run
+ *   trees      `${host}\0${tree id}` → the tree's subtree and file blob ids (liveness.ts cache;
+ *              only the trees of each host's newest snapshot are kept)
  */
 import { Level } from 'level';
 import type { AbstractSublevel } from 'abstract-level';
 import { BulwarkError } from '../common/errors.js';
+import type { TreeShape, TreeShapeCache } from './liveness.js';
 
 export interface TargetRecord {
   name: string;
@@ -102,6 +106,60 @@ export interface JobRecord {
   issues?: Array<{ path: string; reason: string }>;
 }
 
+/** What the lock planner did for one host on one run (lock-planner.ts, maintenance.ts protectAhead). */
+export interface ProtectionRun {
+  /** Controller time of the run. */
+  at: number;
+  /** 'backup': the look-ahead before a dispatched backup; 'periodic': the maintenance run. */
+  trigger: 'backup' | 'periodic';
+  target: string;
+  /** The backup job the run preceded. */
+  jobId?: string;
+  /** Packs whose locks were extended, and their stored size. */
+  packsExtended: number;
+  bytesExtended: number;
+  /** Snapshot manifests extended. */
+  manifestsExtended: number;
+  /** Extensions the store refused because the lock already lasted longer (a low lower bound). */
+  alreadyLonger: number;
+  failed: number;
+  /** Mostly dead packs not extended for the next snapshot: the backup re-protects them. */
+  packsReprotect: number;
+  /** Their live bytes (uploaded again by the backup) and dead bytes (no longer kept locked). */
+  bytesReupload: number;
+  bytesReleased: number;
+  /** The live fraction below which packs are re-protected. */
+  reprotectBelow: number;
+  /** Until when the host's newest snapshot stays immutable after the run (0: no snapshot). */
+  horizon: number;
+  /** Packs whose liveness was measured (0: none lapsed, or not measured). */
+  packsMeasured: number;
+  /** Why liveness could not be measured (the packs were then extended). */
+  livenessError?: string;
+}
+
+/** The newest run that asked the host's backup to re-protect packs, and how that backup went. */
+export interface ReprotectRecord {
+  at: number;
+  jobId: string;
+  /** Pack ids, with their live fraction. */
+  packs: Array<{ id: string; size: number; live: number }>;
+  bytesReupload: number;
+  bytesReleased: number;
+  state: 'dispatched' | 'succeeded' | 'failed';
+  snapshotId?: string;
+  /** Of `packs`, how many the new snapshot no longer needs. */
+  packsDropped?: number;
+  /** What that backup uploaded in all (re-protected data and new changes). */
+  bytesUploaded?: number;
+}
+
+export interface ProtectionRecord {
+  hostId: string;
+  last: ProtectionRun;
+  reprotect?: ReprotectRecord;
+}
+
 type Sub<V> = AbstractSublevel<Level<string, unknown>, string | Buffer | Uint8Array, string, V>;
 
 export class Catalog {
@@ -112,6 +170,8 @@ export class Catalog {
   readonly snapshots: Sub<SnapshotRecord>;
   readonly jobs: Sub<JobRecord>;
   readonly locks: Sub<number>;
+  readonly protection: Sub<ProtectionRecord>;
+  readonly trees: Sub<{ d: string[]; b: string[] }>;
 
   private constructor(readonly db: Level<string, unknown>) {
     const sub = <V>(name: string) => db.sublevel<string, V>(name, { valueEncoding: 'json' });
@@ -122,6 +182,8 @@ export class Catalog {
     this.snapshots = sub('snapshots');
     this.jobs = sub('jobs');
     this.locks = sub('locks');
+    this.protection = sub('protection');
+    this.trees = sub('trees');
   }
 
   static async open(dir: string): Promise<Catalog> {
@@ -162,5 +224,32 @@ export class Catalog {
 
   async get<V>(sub: Sub<V>, key: string): Promise<V | undefined> {
     return (await sub.get(key)) ?? undefined;
+  }
+
+  /** The liveness walk's tree cache (liveness.ts), in the `trees` sublevel. */
+  treeShapeCache(): TreeShapeCache {
+    const key = (host: string, tree: string) => `${host}\0${tree}`;
+    return {
+      get: async (host, tree) => {
+        const v = await this.trees.get(key(host, tree));
+        return v ? { dirs: v.d, blobs: v.b } : undefined;
+      },
+      putMany: async (host, entries: ReadonlyArray<readonly [string, TreeShape]>) => {
+        const batch = this.trees.batch();
+        for (const [tree, s] of entries) batch.put(key(host, tree), { d: s.dirs, b: s.blobs });
+        await batch.write();
+      },
+      prune: async (host, keep) => {
+        const batch = this.trees.batch();
+        let n = 0;
+        for await (const k of this.trees.keys({ gte: `${host}\0`, lt: `${host}\x01` })) {
+          if (keep.has(k.slice(host.length + 1))) continue;
+          batch.del(k);
+          n++;
+        }
+        await batch.write();
+        return n;
+      },
+    };
   }
 }

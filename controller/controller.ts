@@ -25,11 +25,14 @@ import { BulwarkError, asBulwarkError } from '../common/errors.js';
 import { AdminServiceService, type AdminServiceServer } from '../common/gen/bulwark/v1/admin.js';
 import { AgentServiceService, type AgentMessage, type AgentServiceServer, type ControllerMessage } from '../common/gen/bulwark/v1/agent.js';
 import { type CertBundle, createCA, serverCredentials, encodeToken, fingerprint, hashSecret, issueServerCert, newTokenSecret, peerIdentity, signCsr } from '../common/pki.js';
+import { layout } from '../common/repo/layout.js';
 import type { Repository } from '../common/repo/repository.js';
 import { buildAdminService } from './admin-service.js';
-import { Catalog, type HostRecord, type JobRecord, type PolicyRecord, type TargetRecord } from './catalog.js';
-import { lockGeneration } from './lock-planner.js';
-import { auditTarget, groomTarget, protectAhead, recordSnapshot, writeCheckpoint } from './maintenance.js';
+import { Catalog, type HostRecord, type JobRecord, type PolicyRecord, type SnapshotRecord, type TargetRecord } from './catalog.js';
+import { DEFAULT_REPROTECT_BELOW, lapsingForNext, lockGeneration } from './lock-planner.js';
+import { type PackUse, measureLiveness } from './liveness.js';
+import { type ExtendReport, auditTarget, foundationKeys, groomTarget, protectAhead, recordSnapshot, writeCheckpoint } from './maintenance.js';
+import { type LivenessProvider, hostRuns, saveOutcome, saveRuns, snapshotHorizon } from './protection.js';
 import { policyCovers } from './policy.js';
 import { nextRun, parseSchedule } from './schedule.js';
 import { openTargetRepo } from './targets.js';
@@ -48,6 +51,13 @@ export interface ControllerOptions {
   tickMs?: number;
   /** How often grooming and the look-ahead run on their own. */
   maintenanceMs?: number;
+  /**
+   * The look-ahead re-protects (has the next backup write afresh) instead of extending a pack that
+   * only the next snapshot needs beyond its lock when less than this fraction of it is still used
+   * by the host's newest snapshot; 0 turns it off. Default DEFAULT_REPROTECT_BELOW (0.5): below
+   * one half the dead bytes an extension keeps locked outweigh the live bytes uploaded again.
+   */
+  reprotectBelow?: number;
   clock?: Clock;
   log?: (line: string) => void;
 }
@@ -107,10 +117,12 @@ export class Controller {
       tickMs: options.tickMs ?? 1000,
       // an hour: grooming and the look-ahead are cheap, and locks are planned generations ahead
       maintenanceMs: options.maintenanceMs ?? 3_600_000,
+      reprotectBelow: options.reprotectBelow ?? DEFAULT_REPROTECT_BELOW,
       clock: options.clock ?? systemClock,
       ...(options.advertise ? { advertise: options.advertise } : {}),
       ...(options.log ? { log: options.log } : {}),
     };
+    if (!(o.reprotectBelow >= 0 && o.reprotectBelow <= 1)) throw new BulwarkError('INVALID_ARGUMENT', `reprotect-below must be a fraction from 0 to 1 (e.g. 0.5), not ${o.reprotectBelow}`);
     await fs.mkdir(path.join(o.dataDir, 'pki'), { recursive: true, mode: 0o700 });
     await fs.chmod(o.dataDir, 0o700);
     const ca = await loadOrCreate(path.join(o.dataDir, 'pki/ca.json'), () => createCA('Bulwark controller CA'));
@@ -285,7 +297,10 @@ export class Controller {
         const now = this.clock.now();
         const rec = await recordSnapshot(this.catalog, target, repo, hostId, r.snapshotId, { policy: policy.name, expiresAt: job.expiresAt!, lockUntil: job.lockUntil! }, now);
         const h = (await this.catalog.get(this.catalog.hosts, hostId))!;
-        await this.catalog.hosts.put(hostId, { ...h, lastBackup: rec.time, lastSnapshotId: rec.id, horizon: job.lockUntil! });
+        // immutable until the earliest known lock among what the new snapshot needs (lower bounds)
+        const horizon = (await snapshotHorizon(this.catalog, rec, foundationKeys(repo))) || job.expiresAt!;
+        await this.catalog.hosts.put(hostId, { ...h, lastBackup: rec.time, lastSnapshotId: rec.id, horizon });
+        await saveOutcome(this.catalog, job, rec);
         await writeCheckpoint(this.catalog, target, repo, now, now);
         await this.updateJob({ ...job, state: 'succeeded', snapshotId: rec.id, issues });
       } catch (err) {
@@ -324,6 +339,8 @@ export class Controller {
     await this.catalog.jobs.put(j.id, j);
     this.indexJob(j);
     this.events.emit('job', j);
+    // a backup that was to re-protect packs and did not succeed: say so in its protection record
+    if (j.kind === 'backup' && (j.state === 'failed' || j.state === 'cancelled')) await saveOutcome(this.catalog, j, undefined).catch(() => undefined);
     if (isTerminal(j.state)) void this.dispatchQueued(j.hostId).catch(() => undefined);
   }
 
@@ -442,13 +459,17 @@ export class Controller {
     const expiresAt = now + policy.retentionMs;
     const lockUntil = expiresAt + lockGeneration(policy.retentionMs);
     // the look-ahead: what this snapshot will reuse must stay locked until it expires
+    // liveness first, outside the per-target queue below: it only reads (a host's first walk
+    // fetches every tree), and the look-ahead then finds it measured
+    await this.measureAhead(target, repo, s.hostId, expiresAt, now).catch((err) => this.log(`liveness of ${s.hostId}: ${asBulwarkError(err).message}`));
     // one look-ahead at a time per target: concurrent dispatches would all extend the same
     // foundation objects; the second finds them recorded and does nothing
     const prev = this.lookAhead.get(target.name) ?? Promise.resolve();
-    const run = prev.catch(() => undefined).then(() => protectAhead(this.catalog, target, repo, new Map([[s.hostId, expiresAt]]), now, policy.retentionMs, s.hostId));
+    const run = prev.catch(() => undefined).then(() => protectAhead(this.catalog, target, repo, new Map([[s.hostId, expiresAt]]), now, policy.retentionMs, s.hostId, this.protectOptions(repo)));
     this.lookAhead.set(target.name, run);
     const ahead = await run;
-    if (ahead.extended || ahead.failed.length) this.log(`look-ahead for ${s.hostId}: ${ahead.extended} extended, ${ahead.failed.length} failed`);
+    // the report is for the console: failing to store it must not hold the backup back
+    await this.saveProtection(ahead, [s.hostId], { at: now, trigger: 'backup', target: target.name, jobId: job.id }).catch((err) => this.log(`protection report for ${s.hostId}: ${asBulwarkError(err).message}`));
     const host = (await this.catalog.get(this.catalog.hosts, s.hostId))!;
     const parent = host.lastSnapshotId && (await this.catalog.snapshotsOf(s.hostId)).some((x) => x.id === host.lastSnapshotId) ? host.lastSnapshotId : '';
     await this.updateJob({ ...job, state: 'dispatched', expiresAt, lockUntil });
@@ -506,6 +527,7 @@ export class Controller {
         const failed = { ...j, state: 'failed' as const, updated: this.clock.now(), error: { code: 'TRANSIENT', message: 'the controller restarted while the job ran; it will be scheduled again' } };
         await this.catalog.jobs.put(j.id, failed);
         this.indexJob(failed);
+        if (j.kind === 'backup') await saveOutcome(this.catalog, failed, undefined);
       } else this.indexJob(j);
     }
   }
@@ -560,7 +582,10 @@ export class Controller {
           if (p) next.set(h.id, Math.min(Math.max(now, nextRun(parseSchedule(p.schedule), h.lastBackup ?? now)), now + 366 * 86_400_000) + p.retentionMs);
         }
         const retention = Math.max(60_000, ...policies.map((p) => p.retentionMs));
-        if (!o.dryRun) await protectAhead(this.catalog, target, repo, next, now, retention);
+        if (!o.dryRun) {
+          const ahead = await protectAhead(this.catalog, target, repo, next, now, retention, undefined, this.protectOptions(repo));
+          await this.saveProtection(ahead, ahead.horizon.keys(), { at: now, trigger: 'periodic', target: target.name }).catch((err) => this.log(`protection report: ${asBulwarkError(err).message}`));
+        }
         const { expired, report } = await groomTarget(this.catalog, target, repo, now, { dryRun: o.dryRun ?? false, busyHosts: busy });
         out.push({
           target: target.name,
@@ -580,6 +605,58 @@ export class Controller {
     const p = (this.maintaining ?? Promise.resolve()).then(run, run);
     this.maintaining = p.then(() => undefined, () => undefined);
     return p;
+  }
+
+  /** Per host, the liveness of its newest snapshot's packs (a few hosts' results kept: a periodic
+   * run and the next backup's look-ahead of the same snapshot measure once). */
+  private readonly livenessMemo = new Map<string, { snapshotId: string; packs: ReadonlyMap<string, PackUse> }>();
+
+  private protectOptions(repo: Repository): { liveness?: LivenessProvider; reprotectBelow: number } {
+    // re-protection off: nothing to measure
+    return { reprotectBelow: this.o.reprotectBelow, ...(this.o.reprotectBelow > 0 ? { liveness: this.livenessProvider(repo) } : {}) };
+  }
+
+  private livenessProvider(repo: Repository): LivenessProvider {
+    return async (hostId, newest) => {
+      const memo = this.livenessMemo.get(hostId);
+      if (memo?.snapshotId === newest.id) return memo.packs;
+      const host = repo.host(hostId);
+      const started = Date.now();
+      const r = await measureLiveness(host, await host.loadSnapshot(newest.id), { cache: this.catalog.treeShapeCache() });
+      this.log(`liveness of ${hostId} (snapshot ${newest.id.slice(0, 12)}): ${r.packs.size} packs, ${r.trees} trees (${r.fetched} read from the bucket), ${Date.now() - started} ms`);
+      this.livenessMemo.delete(hostId);
+      this.livenessMemo.set(hostId, { snapshotId: newest.id, packs: r.packs });
+      if (this.livenessMemo.size > 64) this.livenessMemo.delete(this.livenessMemo.keys().next().value!);
+      return r.packs;
+    };
+  }
+
+  /** Measure (into the memo) the liveness the look-ahead for this host's next backup will ask for. */
+  private async measureAhead(target: TargetRecord, repo: Repository, hostId: string, nextExpiry: number, now: number): Promise<void> {
+    if (!target.canExtend || this.o.reprotectBelow <= 0) return;
+    const live = (await this.catalog.snapshotsOf(hostId)).filter((x) => x.target === target.name && x.expiresAt > now);
+    const newest = live.reduce<SnapshotRecord | undefined>((a, x) => (!a || x.expiresAt > a.expiresAt ? x : a), undefined);
+    if (!newest) return;
+    const planned = live.map((x) => ({ id: x.id, hostId, expiresAt: x.expiresAt, manifestKey: layout.snapshot(hostId, x.id), packKeys: x.packs.map((p) => layout.pack(hostId, p)) }));
+    const keys = newest.packs.map((p) => layout.pack(hostId, p));
+    const values = await this.catalog.locks.getMany(keys);
+    const knownLocks = new Map<string, number>();
+    keys.forEach((k, i) => {
+      const v = values[i];
+      if (v !== undefined) knownLocks.set(k, v);
+    });
+    if (lapsingForNext({ snapshots: planned, foundationKeys: [], knownLocks, nextExpiry: new Map([[hostId, nextExpiry]]), canExtend: true }).size === 0) return;
+    await this.livenessProvider(repo)(hostId, newest);
+  }
+
+  /** What the look-ahead did, per host, into the catalog (bulwark protection) and the log. */
+  private async saveProtection(ahead: ExtendReport, hosts: Iterable<string>, o: { at: number; trigger: 'backup' | 'periodic'; target: string; jobId?: string }): Promise<void> {
+    const runs = hostRuns(ahead, hosts, { ...o, reprotectBelow: this.o.reprotectBelow });
+    await saveRuns(this.catalog, runs);
+    for (const [hostId, { run }] of runs) {
+      if (run.packsExtended + run.manifestsExtended + run.packsReprotect + run.failed === 0 && !run.livenessError) continue;
+      this.log(`look-ahead (${o.trigger}) for ${hostId}: ${run.packsExtended} packs extended (${run.bytesExtended} B), ${run.packsReprotect} to re-protect (${run.bytesReupload} B live, ${run.bytesReleased} B dead), ${run.failed} failed${run.livenessError ? `; liveness not measured: ${run.livenessError}` : ''}`);
+    }
   }
 
   async audit() {

@@ -12,7 +12,8 @@ import { readVerified } from '../common/repo/verified-read.js';
 import { type AuditReport, audit } from './auditor.js';
 import { Catalog, type PolicyRecord, type SnapshotRecord, type TargetRecord } from './catalog.js';
 import { type GroomReport, type GroomSnapshot, groom, selectExpired } from './groomer.js';
-import { type LockPlan, lockGeneration, planLocks } from './lock-planner.js';
+import { type LockPlan, horizons, lockGeneration, planLocks } from './lock-planner.js';
+import { type LivenessProvider, type Measured, measureLapsing } from './protection.js';
 
 const toPlanned = (s: SnapshotRecord) => ({
   id: s.id,
@@ -32,13 +33,26 @@ export interface ExtendReport {
   alreadyLonger: number;
   failed: Array<{ key: string; reason: string }>;
   reprotect: Map<string, string[]>;
+  /** Each extension that went through or found a longer lock, with the object's size. */
+  applied: Array<{ key: string; size: number; result: 'extended' | 'already-longer' }>;
+  /** Per host: until when its newest snapshot stays immutable, from the locks known after applying. */
+  horizon: Map<string, number>;
+  /** Liveness of the packs whose decision depended on it (protection.ts). */
+  measured: Measured;
+}
+
+export interface ProtectAheadOptions {
+  /** Measures pack liveness; without it every lapsing pack is extended. */
+  liveness?: LivenessProvider;
+  /** lock-planner.ts DEFAULT_REPROTECT_BELOW. */
+  reprotectBelow?: number;
 }
 
 /**
  * Plan and apply the look-ahead for the snapshots of `target` in the catalog; `nextExpiry` gives the
  * expiry of each host's next snapshot (the backup about to be dispatched, or the next scheduled).
  */
-export async function protectAhead(catalog: Catalog, target: TargetRecord, repo: Repository, nextExpiry: Map<string, number>, now: number, retentionMs: number, hostId?: string): Promise<ExtendReport> {
+export async function protectAhead(catalog: Catalog, target: TargetRecord, repo: Repository, nextExpiry: Map<string, number>, now: number, retentionMs: number, hostId?: string, o: ProtectAheadOptions = {}): Promise<ExtendReport> {
   // before one host's backup only that host's snapshots matter (plus the foundation); the
   // periodic run covers the fleet
   const live = (await catalog.snapshotsOf(hostId)).filter((s) => s.target === target.name && s.expiresAt > now);
@@ -49,7 +63,7 @@ export async function protectAhead(catalog: Catalog, target: TargetRecord, repo:
     const v = values[i];
     if (v !== undefined) knownLocks.set(k, v);
   });
-  const plan = planLocks({
+  const input = {
     now,
     snapshots: live.map(toPlanned),
     foundationKeys: foundationKeys(repo),
@@ -57,8 +71,12 @@ export async function protectAhead(catalog: Catalog, target: TargetRecord, repo:
     nextExpiry,
     generationMs: lockGeneration(retentionMs),
     canExtend: target.canExtend,
-  });
-  const report: ExtendReport = { plan, extended: 0, alreadyLonger: 0, failed: [], reprotect: new Map() };
+  };
+  // liveness only where it decides: packs only the next snapshot needs beyond their lock
+  const measured = await measureLapsing(input, live, o.liveness);
+  const plan = planLocks({ ...input, liveFraction: measured.fraction, ...(o.reprotectBelow !== undefined ? { reprotectBelow: o.reprotectBelow } : {}) });
+  const report: ExtendReport = { plan, extended: 0, alreadyLonger: 0, failed: [], reprotect: new Map(), applied: [], horizon: new Map(), measured };
+  const locksAfter = new Map(knownLocks);
   const store = repo.store;
   for (const a of plan.actions) {
     if (a.kind === 'reprotect') {
@@ -77,19 +95,24 @@ export async function protectAhead(catalog: Catalog, target: TargetRecord, repo:
       }
       if (!oldest) throw new BulwarkError('NOT_FOUND', 'no version');
       const mode = (await store.head(a.key, { versionId: oldest.versionId })).lock?.mode ?? 'COMPLIANCE';
+      let result: 'extended' | 'already-longer' = 'extended';
       try {
         await store.extendRetention(a.key, oldest.versionId, { mode, retainUntil: a.to });
         report.extended++;
       } catch (err) {
         if (!hasCode(err, 'OBJECT_LOCKED')) throw err;
         report.alreadyLonger++; // our lower bound was low: the lock already lasts longer
+        result = 'already-longer';
       }
       const h = await store.head(a.key, { versionId: oldest.versionId });
       await catalog.locks.put(a.key, h.lock?.retainUntil ?? a.to);
+      locksAfter.set(a.key, h.lock?.retainUntil ?? a.to);
+      report.applied.push({ key: a.key, size: h.size, result });
     } catch (err) {
       report.failed.push({ key: a.key, reason: err instanceof Error ? err.message : String(err) });
     }
   }
+  report.horizon = horizons(input.snapshots, input.foundationKeys, locksAfter);
   return report;
 }
 

@@ -118,6 +118,14 @@ describe('fleet end to end', () => {
       audits++;
     }
     expect(audits).toBeGreaterThanOrEqual(5);
+    // the lock planner's last run per host is in the console, with a horizon past now
+    const protection = (await cli(['protection', '--json'])).json;
+    expect(protection.map((h: any) => h.hostname).sort()).toEqual(['alpha', 'beta']);
+    for (const h of protection) {
+      expect(h.last, JSON.stringify(h)).toBeTruthy();
+      expect(h.last.failed).toBe(0);
+      expect(h.last.horizonMs).toBeGreaterThan(Date.now());
+    }
     const snaps = (await cli(['snapshots', idOf('alpha'), '--json'])).json;
     expect(snaps.length).toBeGreaterThanOrEqual(3);
     // retention 30 s: nothing older than ~30 s (+ a grooming period) is still listed

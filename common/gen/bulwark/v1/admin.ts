@@ -225,6 +225,75 @@ export interface RebuildResponse {
   snapshots: number;
 }
 
+export interface ListProtectionRequest {
+  /** Empty: every host. */
+  hostId: string;
+}
+
+/** Maps to controller/catalog.ts ProtectionRecord. */
+export interface HostProtection {
+  hostId: string;
+  hostname: string;
+  /** Maps to ProtectionRun: the planner's last run for this host. Absent: it has not run yet. */
+  last:
+    | ProtectionRun
+    | undefined;
+  /** The newest run that asked this host's backup to re-protect packs, and its outcome. */
+  reprotect: ReprotectInfo | undefined;
+}
+
+/** Maps to controller/catalog.ts ProtectionRun. */
+export interface ProtectionRun {
+  atMs: bigint;
+  /** backup (the look-ahead before a dispatched backup) | periodic */
+  trigger: string;
+  target: string;
+  jobId: string;
+  packsExtended: number;
+  bytesExtended: bigint;
+  manifestsExtended: number;
+  alreadyLonger: number;
+  failed: number;
+  /** Mostly dead packs the backup re-protects instead of their locks being extended. */
+  packsReprotect: number;
+  /** Their live bytes (uploaded again) and dead bytes (no longer kept locked for the next snapshot). */
+  bytesReupload: bigint;
+  bytesReleased: bigint;
+  /** Live fraction below which a pack is re-protected. */
+  reprotectBelow: number;
+  /** Until when the host's newest snapshot stays immutable after the run. */
+  horizonMs: bigint;
+  packsMeasured: number;
+  livenessError: string;
+}
+
+/** Maps to controller/catalog.ts ReprotectRecord. */
+export interface ReprotectInfo {
+  atMs: bigint;
+  jobId: string;
+  packs: ReprotectedPack[];
+  bytesReupload: bigint;
+  bytesReleased: bigint;
+  /** dispatched | succeeded | failed */
+  state: string;
+  snapshotId: string;
+  /** Of the packs, how many the new snapshot no longer needs. */
+  packsDropped: number;
+  /** All the backup uploaded (re-protected data and new changes). */
+  bytesUploaded: bigint;
+}
+
+export interface ReprotectedPack {
+  id: string;
+  size: bigint;
+  /** Fraction of the pack the newest snapshot still used. */
+  live: number;
+}
+
+export interface ListProtectionResponse {
+  hosts: HostProtection[];
+}
+
 function createBaseEmpty(): Empty {
   return {};
 }
@@ -3470,6 +3539,1021 @@ export const RebuildResponse: MessageFns<RebuildResponse> = {
   },
 };
 
+function createBaseListProtectionRequest(): ListProtectionRequest {
+  return { hostId: "" };
+}
+
+export const ListProtectionRequest: MessageFns<ListProtectionRequest> = {
+  encode(message: ListProtectionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListProtectionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListProtectionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListProtectionRequest {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ListProtectionRequest): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListProtectionRequest>): ListProtectionRequest {
+    return ListProtectionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListProtectionRequest>): ListProtectionRequest {
+    const message = createBaseListProtectionRequest();
+    message.hostId = object.hostId ?? "";
+    return message;
+  },
+};
+
+function createBaseHostProtection(): HostProtection {
+  return { hostId: "", hostname: "", last: undefined, reprotect: undefined };
+}
+
+export const HostProtection: MessageFns<HostProtection> = {
+  encode(message: HostProtection, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.hostId !== "") {
+      writer.uint32(10).string(message.hostId);
+    }
+    if (message.hostname !== "") {
+      writer.uint32(18).string(message.hostname);
+    }
+    if (message.last !== undefined) {
+      ProtectionRun.encode(message.last, writer.uint32(26).fork()).join();
+    }
+    if (message.reprotect !== undefined) {
+      ReprotectInfo.encode(message.reprotect, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HostProtection {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHostProtection();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hostname = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.last = ProtectionRun.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reprotect = ReprotectInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HostProtection {
+    return {
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "",
+      last: isSet(object.last) ? ProtectionRun.fromJSON(object.last) : undefined,
+      reprotect: isSet(object.reprotect) ? ReprotectInfo.fromJSON(object.reprotect) : undefined,
+    };
+  },
+
+  toJSON(message: HostProtection): unknown {
+    const obj: any = {};
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.hostname !== "") {
+      obj.hostname = message.hostname;
+    }
+    if (message.last !== undefined) {
+      obj.last = ProtectionRun.toJSON(message.last);
+    }
+    if (message.reprotect !== undefined) {
+      obj.reprotect = ReprotectInfo.toJSON(message.reprotect);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<HostProtection>): HostProtection {
+    return HostProtection.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<HostProtection>): HostProtection {
+    const message = createBaseHostProtection();
+    message.hostId = object.hostId ?? "";
+    message.hostname = object.hostname ?? "";
+    message.last = (object.last !== undefined && object.last !== null)
+      ? ProtectionRun.fromPartial(object.last)
+      : undefined;
+    message.reprotect = (object.reprotect !== undefined && object.reprotect !== null)
+      ? ReprotectInfo.fromPartial(object.reprotect)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseProtectionRun(): ProtectionRun {
+  return {
+    atMs: 0n,
+    trigger: "",
+    target: "",
+    jobId: "",
+    packsExtended: 0,
+    bytesExtended: 0n,
+    manifestsExtended: 0,
+    alreadyLonger: 0,
+    failed: 0,
+    packsReprotect: 0,
+    bytesReupload: 0n,
+    bytesReleased: 0n,
+    reprotectBelow: 0,
+    horizonMs: 0n,
+    packsMeasured: 0,
+    livenessError: "",
+  };
+}
+
+export const ProtectionRun: MessageFns<ProtectionRun> = {
+  encode(message: ProtectionRun, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.atMs !== 0n) {
+      if (BigInt.asIntN(64, message.atMs) !== message.atMs) {
+        throw new globalThis.Error("value provided for field message.atMs of type int64 too large");
+      }
+      writer.uint32(8).int64(message.atMs);
+    }
+    if (message.trigger !== "") {
+      writer.uint32(18).string(message.trigger);
+    }
+    if (message.target !== "") {
+      writer.uint32(26).string(message.target);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(34).string(message.jobId);
+    }
+    if (message.packsExtended !== 0) {
+      writer.uint32(40).uint32(message.packsExtended);
+    }
+    if (message.bytesExtended !== 0n) {
+      if (BigInt.asUintN(64, message.bytesExtended) !== message.bytesExtended) {
+        throw new globalThis.Error("value provided for field message.bytesExtended of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.bytesExtended);
+    }
+    if (message.manifestsExtended !== 0) {
+      writer.uint32(56).uint32(message.manifestsExtended);
+    }
+    if (message.alreadyLonger !== 0) {
+      writer.uint32(64).uint32(message.alreadyLonger);
+    }
+    if (message.failed !== 0) {
+      writer.uint32(72).uint32(message.failed);
+    }
+    if (message.packsReprotect !== 0) {
+      writer.uint32(80).uint32(message.packsReprotect);
+    }
+    if (message.bytesReupload !== 0n) {
+      if (BigInt.asUintN(64, message.bytesReupload) !== message.bytesReupload) {
+        throw new globalThis.Error("value provided for field message.bytesReupload of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.bytesReupload);
+    }
+    if (message.bytesReleased !== 0n) {
+      if (BigInt.asUintN(64, message.bytesReleased) !== message.bytesReleased) {
+        throw new globalThis.Error("value provided for field message.bytesReleased of type uint64 too large");
+      }
+      writer.uint32(96).uint64(message.bytesReleased);
+    }
+    if (message.reprotectBelow !== 0) {
+      writer.uint32(105).double(message.reprotectBelow);
+    }
+    if (message.horizonMs !== 0n) {
+      if (BigInt.asIntN(64, message.horizonMs) !== message.horizonMs) {
+        throw new globalThis.Error("value provided for field message.horizonMs of type int64 too large");
+      }
+      writer.uint32(112).int64(message.horizonMs);
+    }
+    if (message.packsMeasured !== 0) {
+      writer.uint32(120).uint32(message.packsMeasured);
+    }
+    if (message.livenessError !== "") {
+      writer.uint32(130).string(message.livenessError);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ProtectionRun {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProtectionRun();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.atMs = reader.int64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.trigger = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.target = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.packsExtended = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.bytesExtended = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.manifestsExtended = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.alreadyLonger = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.failed = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.packsReprotect = reader.uint32();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.bytesReupload = reader.uint64() as bigint;
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.bytesReleased = reader.uint64() as bigint;
+            continue;
+          }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.reprotectBelow = reader.double();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.horizonMs = reader.int64() as bigint;
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.packsMeasured = reader.uint32();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.livenessError = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ProtectionRun {
+    return {
+      atMs: isSet(object.atMs) ? BigInt(object.atMs) : isSet(object.at_ms) ? BigInt(object.at_ms) : 0n,
+      trigger: isSet(object.trigger) ? globalThis.String(object.trigger) : "",
+      target: isSet(object.target) ? globalThis.String(object.target) : "",
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      packsExtended: isSet(object.packsExtended)
+        ? globalThis.Number(object.packsExtended)
+        : isSet(object.packs_extended)
+        ? globalThis.Number(object.packs_extended)
+        : 0,
+      bytesExtended: isSet(object.bytesExtended)
+        ? BigInt(object.bytesExtended)
+        : isSet(object.bytes_extended)
+        ? BigInt(object.bytes_extended)
+        : 0n,
+      manifestsExtended: isSet(object.manifestsExtended)
+        ? globalThis.Number(object.manifestsExtended)
+        : isSet(object.manifests_extended)
+        ? globalThis.Number(object.manifests_extended)
+        : 0,
+      alreadyLonger: isSet(object.alreadyLonger)
+        ? globalThis.Number(object.alreadyLonger)
+        : isSet(object.already_longer)
+        ? globalThis.Number(object.already_longer)
+        : 0,
+      failed: isSet(object.failed) ? globalThis.Number(object.failed) : 0,
+      packsReprotect: isSet(object.packsReprotect)
+        ? globalThis.Number(object.packsReprotect)
+        : isSet(object.packs_reprotect)
+        ? globalThis.Number(object.packs_reprotect)
+        : 0,
+      bytesReupload: isSet(object.bytesReupload)
+        ? BigInt(object.bytesReupload)
+        : isSet(object.bytes_reupload)
+        ? BigInt(object.bytes_reupload)
+        : 0n,
+      bytesReleased: isSet(object.bytesReleased)
+        ? BigInt(object.bytesReleased)
+        : isSet(object.bytes_released)
+        ? BigInt(object.bytes_released)
+        : 0n,
+      reprotectBelow: isSet(object.reprotectBelow)
+        ? globalThis.Number(object.reprotectBelow)
+        : isSet(object.reprotect_below)
+        ? globalThis.Number(object.reprotect_below)
+        : 0,
+      horizonMs: isSet(object.horizonMs)
+        ? BigInt(object.horizonMs)
+        : isSet(object.horizon_ms)
+        ? BigInt(object.horizon_ms)
+        : 0n,
+      packsMeasured: isSet(object.packsMeasured)
+        ? globalThis.Number(object.packsMeasured)
+        : isSet(object.packs_measured)
+        ? globalThis.Number(object.packs_measured)
+        : 0,
+      livenessError: isSet(object.livenessError)
+        ? globalThis.String(object.livenessError)
+        : isSet(object.liveness_error)
+        ? globalThis.String(object.liveness_error)
+        : "",
+    };
+  },
+
+  toJSON(message: ProtectionRun): unknown {
+    const obj: any = {};
+    if (message.atMs !== 0n) {
+      obj.atMs = message.atMs.toString();
+    }
+    if (message.trigger !== "") {
+      obj.trigger = message.trigger;
+    }
+    if (message.target !== "") {
+      obj.target = message.target;
+    }
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.packsExtended !== 0) {
+      obj.packsExtended = Math.round(message.packsExtended);
+    }
+    if (message.bytesExtended !== 0n) {
+      obj.bytesExtended = message.bytesExtended.toString();
+    }
+    if (message.manifestsExtended !== 0) {
+      obj.manifestsExtended = Math.round(message.manifestsExtended);
+    }
+    if (message.alreadyLonger !== 0) {
+      obj.alreadyLonger = Math.round(message.alreadyLonger);
+    }
+    if (message.failed !== 0) {
+      obj.failed = Math.round(message.failed);
+    }
+    if (message.packsReprotect !== 0) {
+      obj.packsReprotect = Math.round(message.packsReprotect);
+    }
+    if (message.bytesReupload !== 0n) {
+      obj.bytesReupload = message.bytesReupload.toString();
+    }
+    if (message.bytesReleased !== 0n) {
+      obj.bytesReleased = message.bytesReleased.toString();
+    }
+    if (message.reprotectBelow !== 0) {
+      obj.reprotectBelow = floatToJson(message.reprotectBelow);
+    }
+    if (message.horizonMs !== 0n) {
+      obj.horizonMs = message.horizonMs.toString();
+    }
+    if (message.packsMeasured !== 0) {
+      obj.packsMeasured = Math.round(message.packsMeasured);
+    }
+    if (message.livenessError !== "") {
+      obj.livenessError = message.livenessError;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ProtectionRun>): ProtectionRun {
+    return ProtectionRun.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ProtectionRun>): ProtectionRun {
+    const message = createBaseProtectionRun();
+    message.atMs = (object.atMs !== undefined && object.atMs !== null) ? BigInt(object.atMs) : 0n;
+    message.trigger = object.trigger ?? "";
+    message.target = object.target ?? "";
+    message.jobId = object.jobId ?? "";
+    message.packsExtended = object.packsExtended ?? 0;
+    message.bytesExtended = (object.bytesExtended !== undefined && object.bytesExtended !== null)
+      ? BigInt(object.bytesExtended)
+      : 0n;
+    message.manifestsExtended = object.manifestsExtended ?? 0;
+    message.alreadyLonger = object.alreadyLonger ?? 0;
+    message.failed = object.failed ?? 0;
+    message.packsReprotect = object.packsReprotect ?? 0;
+    message.bytesReupload = (object.bytesReupload !== undefined && object.bytesReupload !== null)
+      ? BigInt(object.bytesReupload)
+      : 0n;
+    message.bytesReleased = (object.bytesReleased !== undefined && object.bytesReleased !== null)
+      ? BigInt(object.bytesReleased)
+      : 0n;
+    message.reprotectBelow = object.reprotectBelow ?? 0;
+    message.horizonMs = (object.horizonMs !== undefined && object.horizonMs !== null) ? BigInt(object.horizonMs) : 0n;
+    message.packsMeasured = object.packsMeasured ?? 0;
+    message.livenessError = object.livenessError ?? "";
+    return message;
+  },
+};
+
+function createBaseReprotectInfo(): ReprotectInfo {
+  return {
+    atMs: 0n,
+    jobId: "",
+    packs: [],
+    bytesReupload: 0n,
+    bytesReleased: 0n,
+    state: "",
+    snapshotId: "",
+    packsDropped: 0,
+    bytesUploaded: 0n,
+  };
+}
+
+export const ReprotectInfo: MessageFns<ReprotectInfo> = {
+  encode(message: ReprotectInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.atMs !== 0n) {
+      if (BigInt.asIntN(64, message.atMs) !== message.atMs) {
+        throw new globalThis.Error("value provided for field message.atMs of type int64 too large");
+      }
+      writer.uint32(8).int64(message.atMs);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(18).string(message.jobId);
+    }
+    for (const v of message.packs) {
+      ReprotectedPack.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.bytesReupload !== 0n) {
+      if (BigInt.asUintN(64, message.bytesReupload) !== message.bytesReupload) {
+        throw new globalThis.Error("value provided for field message.bytesReupload of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.bytesReupload);
+    }
+    if (message.bytesReleased !== 0n) {
+      if (BigInt.asUintN(64, message.bytesReleased) !== message.bytesReleased) {
+        throw new globalThis.Error("value provided for field message.bytesReleased of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.bytesReleased);
+    }
+    if (message.state !== "") {
+      writer.uint32(50).string(message.state);
+    }
+    if (message.snapshotId !== "") {
+      writer.uint32(58).string(message.snapshotId);
+    }
+    if (message.packsDropped !== 0) {
+      writer.uint32(64).uint32(message.packsDropped);
+    }
+    if (message.bytesUploaded !== 0n) {
+      if (BigInt.asUintN(64, message.bytesUploaded) !== message.bytesUploaded) {
+        throw new globalThis.Error("value provided for field message.bytesUploaded of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.bytesUploaded);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReprotectInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReprotectInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.atMs = reader.int64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.packs.push(ReprotectedPack.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bytesReupload = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bytesReleased = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.snapshotId = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.packsDropped = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.bytesUploaded = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReprotectInfo {
+    return {
+      atMs: isSet(object.atMs) ? BigInt(object.atMs) : isSet(object.at_ms) ? BigInt(object.at_ms) : 0n,
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      packs: globalThis.Array.isArray(object?.packs) ? object.packs.map((e: any) => ReprotectedPack.fromJSON(e)) : [],
+      bytesReupload: isSet(object.bytesReupload)
+        ? BigInt(object.bytesReupload)
+        : isSet(object.bytes_reupload)
+        ? BigInt(object.bytes_reupload)
+        : 0n,
+      bytesReleased: isSet(object.bytesReleased)
+        ? BigInt(object.bytesReleased)
+        : isSet(object.bytes_released)
+        ? BigInt(object.bytes_released)
+        : 0n,
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      snapshotId: isSet(object.snapshotId)
+        ? globalThis.String(object.snapshotId)
+        : isSet(object.snapshot_id)
+        ? globalThis.String(object.snapshot_id)
+        : "",
+      packsDropped: isSet(object.packsDropped)
+        ? globalThis.Number(object.packsDropped)
+        : isSet(object.packs_dropped)
+        ? globalThis.Number(object.packs_dropped)
+        : 0,
+      bytesUploaded: isSet(object.bytesUploaded)
+        ? BigInt(object.bytesUploaded)
+        : isSet(object.bytes_uploaded)
+        ? BigInt(object.bytes_uploaded)
+        : 0n,
+    };
+  },
+
+  toJSON(message: ReprotectInfo): unknown {
+    const obj: any = {};
+    if (message.atMs !== 0n) {
+      obj.atMs = message.atMs.toString();
+    }
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.packs?.length) {
+      obj.packs = message.packs.map((e) => ReprotectedPack.toJSON(e));
+    }
+    if (message.bytesReupload !== 0n) {
+      obj.bytesReupload = message.bytesReupload.toString();
+    }
+    if (message.bytesReleased !== 0n) {
+      obj.bytesReleased = message.bytesReleased.toString();
+    }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.snapshotId !== "") {
+      obj.snapshotId = message.snapshotId;
+    }
+    if (message.packsDropped !== 0) {
+      obj.packsDropped = Math.round(message.packsDropped);
+    }
+    if (message.bytesUploaded !== 0n) {
+      obj.bytesUploaded = message.bytesUploaded.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReprotectInfo>): ReprotectInfo {
+    return ReprotectInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReprotectInfo>): ReprotectInfo {
+    const message = createBaseReprotectInfo();
+    message.atMs = (object.atMs !== undefined && object.atMs !== null) ? BigInt(object.atMs) : 0n;
+    message.jobId = object.jobId ?? "";
+    message.packs = object.packs?.map((e) => ReprotectedPack.fromPartial(e)) || [];
+    message.bytesReupload = (object.bytesReupload !== undefined && object.bytesReupload !== null)
+      ? BigInt(object.bytesReupload)
+      : 0n;
+    message.bytesReleased = (object.bytesReleased !== undefined && object.bytesReleased !== null)
+      ? BigInt(object.bytesReleased)
+      : 0n;
+    message.state = object.state ?? "";
+    message.snapshotId = object.snapshotId ?? "";
+    message.packsDropped = object.packsDropped ?? 0;
+    message.bytesUploaded = (object.bytesUploaded !== undefined && object.bytesUploaded !== null)
+      ? BigInt(object.bytesUploaded)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseReprotectedPack(): ReprotectedPack {
+  return { id: "", size: 0n, live: 0 };
+}
+
+export const ReprotectedPack: MessageFns<ReprotectedPack> = {
+  encode(message: ReprotectedPack, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.size !== 0n) {
+      if (BigInt.asUintN(64, message.size) !== message.size) {
+        throw new globalThis.Error("value provided for field message.size of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.size);
+    }
+    if (message.live !== 0) {
+      writer.uint32(25).double(message.live);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReprotectedPack {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReprotectedPack();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.size = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.live = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReprotectedPack {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      size: isSet(object.size) ? BigInt(object.size) : 0n,
+      live: isSet(object.live) ? globalThis.Number(object.live) : 0,
+    };
+  },
+
+  toJSON(message: ReprotectedPack): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.size !== 0n) {
+      obj.size = message.size.toString();
+    }
+    if (message.live !== 0) {
+      obj.live = floatToJson(message.live);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReprotectedPack>): ReprotectedPack {
+    return ReprotectedPack.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReprotectedPack>): ReprotectedPack {
+    const message = createBaseReprotectedPack();
+    message.id = object.id ?? "";
+    message.size = (object.size !== undefined && object.size !== null) ? BigInt(object.size) : 0n;
+    message.live = object.live ?? 0;
+    return message;
+  },
+};
+
+function createBaseListProtectionResponse(): ListProtectionResponse {
+  return { hosts: [] };
+}
+
+export const ListProtectionResponse: MessageFns<ListProtectionResponse> = {
+  encode(message: ListProtectionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.hosts) {
+      HostProtection.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListProtectionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListProtectionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.hosts.push(HostProtection.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListProtectionResponse {
+    return {
+      hosts: globalThis.Array.isArray(object?.hosts) ? object.hosts.map((e: any) => HostProtection.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListProtectionResponse): unknown {
+    const obj: any = {};
+    if (message.hosts?.length) {
+      obj.hosts = message.hosts.map((e) => HostProtection.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListProtectionResponse>): ListProtectionResponse {
+    return ListProtectionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListProtectionResponse>): ListProtectionResponse {
+    const message = createBaseListProtectionResponse();
+    message.hosts = object.hosts?.map((e) => HostProtection.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 export type AdminServiceService = typeof AdminServiceService;
 export const AdminServiceService = {
   createToken: {
@@ -3636,6 +4720,18 @@ export const AdminServiceService = {
     responseSerialize: (value: RebuildResponse): Buffer => Buffer.from(RebuildResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RebuildResponse => RebuildResponse.decode(value),
   },
+  /** What the lock planner did for each host on its last run (or for one host). */
+  listProtection: {
+    path: "/bulwark.v1.AdminService/ListProtection" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListProtectionRequest): Buffer =>
+      Buffer.from(ListProtectionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListProtectionRequest => ListProtectionRequest.decode(value),
+    responseSerialize: (value: ListProtectionResponse): Buffer =>
+      Buffer.from(ListProtectionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListProtectionResponse => ListProtectionResponse.decode(value),
+  },
 } as const;
 
 export interface AdminServiceServer extends UntypedServiceImplementation {
@@ -3657,6 +4753,8 @@ export interface AdminServiceServer extends UntypedServiceImplementation {
   groom: handleUnaryCall<GroomRequest, GroomResponse>;
   audit: handleUnaryCall<Empty, AuditResponse>;
   rebuildCatalog: handleUnaryCall<Empty, RebuildResponse>;
+  /** What the lock planner did for each host on its last run (or for one host). */
+  listProtection: handleUnaryCall<ListProtectionRequest, ListProtectionResponse>;
 }
 
 export interface AdminServiceClient extends Client {
@@ -3904,6 +5002,22 @@ export interface AdminServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RebuildResponse) => void,
+  ): ClientUnaryCall;
+  /** What the lock planner did for each host on its last run (or for one host). */
+  listProtection(
+    request: ListProtectionRequest,
+    callback: (error: ServiceError | null, response: ListProtectionResponse) => void,
+  ): ClientUnaryCall;
+  listProtection(
+    request: ListProtectionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListProtectionResponse) => void,
+  ): ClientUnaryCall;
+  listProtection(
+    request: ListProtectionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListProtectionResponse) => void,
   ): ClientUnaryCall;
 }
 
