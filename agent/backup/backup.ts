@@ -89,6 +89,10 @@ export interface BackupOptions {
   policy?: string;
   /** Packs uploading at once. */
   uploads?: number;
+  /** Seal worker threads (see Packer; 0: all on the main thread). */
+  sealWorkers?: number;
+  /** Data sealed on the main thread before the workers start (see Packer). */
+  sealInlineBytes?: number;
   /**
    * Known lock ends of packs (lower bounds: locks only ever grow). Packs the new snapshot reuses
    * whose known lock ends before `expiresAt` are checked with HEAD; updated in place.
@@ -157,6 +161,8 @@ class BackupRun {
     this.packer = new Packer(o.host, o.index, {
       lock: o.lock,
       uploads: o.uploads ?? 3,
+      ...(o.sealWorkers !== undefined ? { sealWorkers: o.sealWorkers } : {}),
+      ...(o.sealInlineBytes !== undefined ? { inlineBytes: o.sealInlineBytes } : {}),
       ...(o.signal ? { signal: o.signal } : {}),
       ...(o.onPackUploaded ? { onPackUploaded: o.onPackUploaded } : {}),
     });
@@ -200,12 +206,12 @@ class BackupRun {
     const short = await this.shortPacks(allPacks);
     if (short.size > 0) {
       if ((o.reprotectPasses ?? 0) >= 2) throw new BulwarkError('INTERNAL', `packs still not locked long enough after re-protection: ${[...short].slice(0, 3).join(', ')}`);
-      return new BackupRun({
+      return backup({
         ...o,
         reprotectPacks: new Set([...(o.reprotectPacks ?? []), ...short]),
         adoptedPacks: [...(o.adoptedPacks ?? []), ...this.packer.uploaded],
         reprotectPasses: (o.reprotectPasses ?? 0) + 1,
-      }).run();
+      });
     }
 
     const newPacks = [...(o.adoptedPacks ?? []), ...this.packer.uploaded];
@@ -266,6 +272,7 @@ class BackupRun {
 
     const nodes: TreeNode[] = [];
     const packs = new Set<string>();
+    const sealing: Array<Promise<void>> = [];
     let counts: Counts = { ...ZERO, dirs: 0 };
     // A directory listed in full is mostly small files: stat them ahead in parallel and read the
     // small ones ahead through a window, so the sequential hash/pack stage never waits on one
@@ -313,11 +320,17 @@ class BackupRun {
           if (prevContent && !fileChanged(state, prevState) && prevContent.every((id) => this.packer.packOf(id) !== undefined)) {
             node.content = prevContent;
             for (const id of prevContent) packs.add(this.packer.packOf(id)!);
+            states.push([childRel, { state, content: node.content }]);
           } else {
-            node.content = await this.readFile(childAbs, state.size, packs, ahead?.content(ni));
+            // read and chunked now; sealed on worker threads while the walk goes on: the file's
+            // blob ids are filled in before this directory's tree is encoded
+            const read = await this.readFile(childAbs, state.size, packs, ahead?.content(ni));
+            sealing.push(read.content.then((content) => {
+              node.content = content;
+              states.push([childRel, { state, content }]);
+            }));
             this.progress.filesRead++;
           }
-          states.push([childRel, { state, content: node.content }]);
           nodes.push(node);
           counts = addCounts(counts, { files: 1, dirs: 0, symlinks: 0, bytes: state.size });
           this.progress.filesDone++;
@@ -345,6 +358,7 @@ class BackupRun {
         counts = addCounts(counts, await this.nodeCounts(prevNode!));
       }
     }
+    await Promise.all(sealing);
     const tree: Tree = { nodes };
     const enc = this.o.host.encodeTreeBlob(tree);
     const ref = await this.packer.add('tree', enc.id, enc.plain);
@@ -434,13 +448,22 @@ class BackupRun {
     return entry;
   }
 
-  private async readFile(abs: string, size: number, packs: Set<string>, prefetched?: Promise<Buffer>): Promise<string[]> {
-    const content: string[] = [];
-    const host = this.o.host;
+  /**
+   * Read and chunk a file, submitting each chunk to the packer. Resolves when the file is read;
+   * `content` (its blob ids, in order) when every chunk is sealed and packed.
+   */
+  private async readFile(abs: string, size: number, packs: Set<string>, prefetched?: Promise<Buffer>): Promise<{ content: Promise<string[]> }> {
+    const results: Array<Promise<{ id: string; ref: string }>> = [];
+    const done = (): { content: Promise<string[]> } => {
+      const content = Promise.all(results).then((rs) => {
+        for (const r of rs) packs.add(r.ref);
+        return rs.map((r) => r.id);
+      });
+      content.catch(() => undefined); // awaited by the directory; a failure is also the packer's
+      return { content };
+    };
     const put = async (chunk: Uint8Array) => {
-      const id = host.blobIdOf(chunk);
-      packs.add(await this.packer.add('data', id, chunk));
-      content.push(id.toString('hex'));
+      results.push((await this.packer.submit(chunk)).result);
       this.progress.bytesRead += chunk.length;
       this.progress.bytesUploaded = this.packer.bytesUploaded;
     };
@@ -450,7 +473,7 @@ class BackupRun {
         // grew since lstat: chunk what is there
         for (const c of chunkBuffer(buf, this.gear, this.chunkParams)) await put(c);
       } else if (buf.length > 0) await put(buf);
-      return content;
+      return done();
     }
     const chunker = new Chunker(this.gear, this.chunkParams);
     const fh = await fs.open(abs, 'r');
@@ -469,7 +492,7 @@ class BackupRun {
     } finally {
       await fh.close();
     }
-    return content;
+    return done();
   }
 
   /** Apply the item-error policy; returns true when the previous node was kept. */
@@ -486,6 +509,11 @@ class BackupRun {
     const e = asBulwarkError(err);
     this.skipped.push({ path: abs, reason: e.message, keptPrevious: false });
     return (this.o.onItemError ?? defaultItemError)(abs, e);
+  }
+
+  /** Stop the packer's worker threads. */
+  close(): Promise<void> {
+    return this.packer.close();
   }
 
   private report(phase: BackupProgress['phase'], force = false): void {
@@ -557,5 +585,10 @@ function hasAbort(err: unknown): boolean {
 }
 
 export async function backup(o: BackupOptions): Promise<BackupResult> {
-  return new BackupRun(o).run();
+  const run = new BackupRun(o);
+  try {
+    return await run.run();
+  } finally {
+    await run.close();
+  }
 }

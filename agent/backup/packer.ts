@@ -1,17 +1,25 @@
 /**
  * Packer: the backup's write path for blobs. Stages, per blob:
- *   dedup (already in the index, or already added in this backup?) → seal (compress + encrypt)
- *   → append to the open pack → when the pack reaches the repository's pack size, close it
- *   (header, SHA-256 id) and upload it with the job's lock, several uploads in flight, with
- *   backpressure so memory stays bounded (open pack + `uploads` packs in flight).
+ *   id + seal  blob id (HMAC-SHA256), compress (zstd) + encrypt (AES-256-GCM): on the main thread
+ *              for trees and for the first `inlineBytes` of data, then on SealPool worker threads
+ *              (every core), several chunks in flight, in completion order
+ *   dedup      already in the index, or already added in this backup? then the sealed copy is dropped
+ *   pack       append to the open pack; when it reaches the repository's pack size, close it
+ *              (header, then SHA-256 id and MD5 on a worker when the pool runs)
+ *   upload     PUT with the job's lock, several uploads in flight
+ * Backpressure keeps memory bounded: at most `sealBytes` of chunks being sealed, the open pack,
+ * and `uploads` packs in flight; a full upload queue stalls sealing, which stalls the reader.
  *
- * A pack's id is only known when it closes, so a blob added to the open pack is given a
+ * A pack's id is only known when it is hashed, so a blob added to the open pack is given a
  * provisional pack reference `~n`, resolved by `resolve()` after `flush()`.
  */
+import os from 'node:os';
 import { throwIfAborted } from '../../common/errors.js';
 import type { BlobIndex } from '../../common/repo/blob-index.js';
+import { contentId } from '../../common/repo/crypto.js';
 import { type BlobType, PackBuilder, type PackEntry, sealBlob } from '../../common/repo/pack.js';
 import type { HostRepository } from '../../common/repo/repository.js';
+import { SealPool } from '../../common/repo/seal-pool.js';
 import type { ObjectLock } from '../../common/storage/blob-store.js';
 
 export interface UploadedPack {
@@ -24,10 +32,28 @@ export interface PackerOptions {
   lock: ObjectLock;
   /** Packs uploading at once; each holds a pack in memory. */
   uploads?: number;
+  /**
+   * Seal worker threads (default: available cores, at most 4; 0: everything on the main thread).
+   * They start only once `inlineBytes` of data were submitted, so a small incremental costs no
+   * thread start-up.
+   */
+  sealWorkers?: number;
+  /** Data sealed on the main thread before the workers start (default 8 MiB). */
+  inlineBytes?: number;
+  /** Chunk bytes being sealed at once, at most (default 8 MiB per worker). */
+  sealBytes?: number;
   signal?: AbortSignal;
   /** Called after each pack is stored (the agent records it so a crashed backup's packs are reused). */
   onPackUploaded?: (p: UploadedPack) => Promise<void> | void;
 }
+
+/** A submitted chunk: `result` settles with its blob id (hex) and pack reference once sealed and packed. */
+export interface Submitted {
+  result: Promise<{ id: string; ref: string }>;
+}
+
+/** Chunks smaller than this are sealed on the main thread. */
+const SMALL_CHUNK = 64 * 1024;
 
 export class Packer {
   private builder = new PackBuilder();
@@ -38,35 +64,95 @@ export class Packer {
   private failure: unknown;
   readonly uploaded: UploadedPack[] = [];
   bytesUploaded = 0;
+  private pool: SealPool | undefined;
+  private submittedBytes = 0;
+  private sealing = 0; // bytes submitted to the pool, not yet packed
+  private readonly sealWaiters: Array<() => void> = [];
+  private readonly sealed = new Set<Promise<unknown>>();
+  private readonly workers: number;
+  private readonly sealLimit: number;
 
   constructor(
     private readonly host: HostRepository,
     private readonly index: BlobIndex,
     private readonly o: PackerOptions,
-  ) {}
+  ) {
+    this.workers = o.sealWorkers ?? Math.min(4, os.availableParallelism());
+    this.sealLimit = o.sealBytes ?? 8 * 1024 * 1024 * Math.max(1, this.workers);
+  }
 
   /** The pack (id or provisional ref) holding this blob, if it is stored or staged already. */
   packOf(id: string): string | undefined {
     return this.index.get(id)?.pack ?? this.pending.get(id);
   }
 
-  /** Store a blob unless it is known; returns its pack reference. */
+  /** Store a blob whose id the caller computed (trees), sealed on this thread; returns its pack reference. */
   async add(type: BlobType, id: Buffer, plain: Uint8Array): Promise<string> {
     const hex = id.toString('hex');
     const known = this.packOf(hex);
     if (known !== undefined) return known;
-    this.builder.add(type, id, sealBlob(this.host.keys, id, plain), plain.length);
-    const ref = `~${this.seq}`;
-    this.pending.set(hex, ref);
-    if (this.builder.size >= this.host.config.packSize) await this.closePack();
-    return ref;
+    return this.append(type, id, sealBlob(this.host.keys, id, plain), plain.length);
   }
 
-  /** Close the open pack (if any) and wait for every upload. */
+  /**
+   * Store a data chunk. Resolves once the chunk is accepted (which may wait for room: backpressure);
+   * its id and pack reference come later through `result`. `plain` is not kept after this returns.
+   */
+  async submit(plain: Uint8Array): Promise<Submitted> {
+    if (this.failure) throw this.failure;
+    throwIfAborted(this.o.signal);
+    this.submittedBytes += plain.length;
+    // a small chunk costs less to seal here than to send to a worker and back (a message each
+    // way, ~40 µs, measured: 20,000 files of 4 KiB spent 8 % of the main thread in postMessage)
+    const pool = plain.length >= SMALL_CHUNK ? this.poolFor() : undefined;
+    if (!pool) {
+      const id = this.host.blobIdOf(plain);
+      const hex = id.toString('hex');
+      const ref = this.packOf(hex) ?? (await this.append('data', id, sealBlob(this.host.keys, id, plain), plain.length));
+      return { result: Promise.resolve({ id: hex, ref }) };
+    }
+    while (this.sealing > 0 && this.sealing + plain.length > this.sealLimit) {
+      await new Promise<void>((r) => this.sealWaiters.push(r));
+      if (this.failure) throw this.failure;
+    }
+    const size = plain.length;
+    this.sealing += size;
+    const result = pool.seal(plain).then(
+      async (s) => {
+        try {
+          const hex = s.id.toString('hex');
+          const ref = this.packOf(hex) ?? (await this.append('data', s.id, s.sealed, size));
+          return { id: hex, ref };
+        } finally {
+          this.release(size);
+        }
+      },
+      (err: unknown) => {
+        this.release(size);
+        this.failure ??= err;
+        throw err;
+      },
+    );
+    result.catch(() => undefined); // the failure is kept and rethrown by the next submit or flush
+    this.sealed.add(result);
+    void result.finally(() => this.sealed.delete(result)).catch(() => undefined);
+    return { result };
+  }
+
+  /** Wait for every chunk being sealed, close the open pack (if any) and wait for every upload. */
   async flush(): Promise<void> {
+    while (this.sealed.size > 0) await Promise.allSettled([...this.sealed]);
+    if (this.failure) throw this.failure;
     if (this.builder.count > 0) await this.closePack();
     await Promise.all(this.inFlight);
     if (this.failure) throw this.failure;
+  }
+
+  /** Stop the seal workers (after flush, or when the backup fails). */
+  async close(): Promise<void> {
+    const pool = this.pool;
+    this.pool = undefined;
+    await pool?.close();
   }
 
   /** A pack reference as a pack id (after flush). */
@@ -77,22 +163,45 @@ export class Packer {
     return id;
   }
 
+  private poolFor(): SealPool | undefined {
+    if (this.pool) return this.pool;
+    if (this.workers < 1 || this.submittedBytes <= (this.o.inlineBytes ?? 8 * 1024 * 1024)) return undefined;
+    this.pool = new SealPool(this.host.keys, { workers: this.workers });
+    return this.pool;
+  }
+
+  private release(size: number): void {
+    this.sealing -= size;
+    this.sealWaiters.shift()?.();
+  }
+
+  private async append(type: BlobType, id: Buffer, sealed: Buffer, rawLength: number): Promise<string> {
+    this.builder.add(type, id, sealed, rawLength);
+    const ref = `~${this.seq}`;
+    this.pending.set(id.toString('hex'), ref);
+    if (this.builder.size >= this.host.config.packSize) await this.closePack();
+    return ref;
+  }
+
   private async closePack(): Promise<void> {
     throwIfAborted(this.o.signal);
     if (this.failure) throw this.failure;
     const ref = `~${this.seq++}`;
-    const pack = this.builder.finish(this.host.keys);
+    const { bytes, entries } = this.builder.finishBytes(this.host.keys);
     this.builder = new PackBuilder();
-    this.resolved.set(ref, pack.id);
     // backpressure: at most `uploads` packs in memory besides the open one
     while (this.inFlight.size >= (this.o.uploads ?? 3)) await Promise.race(this.inFlight);
     if (this.failure) throw this.failure;
+    const pool = this.pool;
     const upload = async (): Promise<void> => {
       try {
+        // the pack's SHA-256 (its id) and MD5 (its Content-MD5) on a worker when there are workers
+        const pack = pool ? await pool.hashPack(bytes) : { id: contentId(bytes), bytes };
+        this.resolved.set(ref, pack.id);
         await this.host.savePack(pack, this.o.lock, this.o.signal);
-        const up = { id: pack.id, entries: pack.entries, size: pack.bytes.length };
-        this.index.addPack(pack.id, pack.entries);
-        for (const e of pack.entries) this.pending.delete(e.id.toString('hex'));
+        const up = { id: pack.id, entries, size: pack.bytes.length };
+        this.index.addPack(pack.id, entries);
+        for (const e of entries) this.pending.delete(e.id.toString('hex'));
         this.uploaded.push(up);
         this.bytesUploaded += up.size;
         await this.o.onPackUploaded?.(up);

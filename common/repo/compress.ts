@@ -10,23 +10,35 @@ import { BulwarkError } from '../errors.js';
 const RAW = 0;
 const ZSTD = 1;
 
+/** zstd level of every blob (seal-pool.ts's workers use it too). */
+export const ZSTD_LEVEL = 3;
+/** Compressed only when that saves at least 1/2^MIN_SAVING_SHIFT of the size. */
+export const MIN_SAVING_SHIFT = 6;
+
 const compressor = new zstd.Compressor();
-compressor.setParameters({ compressionLevel: 3 });
+compressor.setParameters({ compressionLevel: ZSTD_LEVEL });
 const decompressor = new zstd.Decompressor();
 
+const FLAG_RAW = Buffer.of(RAW);
+const FLAG_ZSTD = Buffer.of(ZSTD);
+
 export function compress(plain: Uint8Array): Buffer {
+  return Buffer.concat(compressParts(plain));
+}
+
+/** compress() as two pieces (flag, body), so that stored-raw data is never copied. */
+export function compressParts(plain: Uint8Array): [Buffer, Uint8Array] {
   const z = compressor.compress(plain);
-  if (z.length + (plain.length >> 6) < plain.length) {
-    return Buffer.concat([Buffer.of(ZSTD), z]);
-  }
-  return Buffer.concat([Buffer.of(RAW), plain]);
+  if (z.length + (plain.length >> MIN_SAVING_SHIFT) < plain.length) return [FLAG_ZSTD, z];
+  return [FLAG_RAW, plain];
 }
 
 export function decompress(data: Uint8Array, expectedLength?: number): Buffer {
   const flag = data[0];
   const body = data.subarray(1);
   let out: Buffer;
-  if (flag === RAW) out = Buffer.from(body);
+  // stored raw: a view, not a copy (every caller passes freshly decrypted bytes it owns)
+  if (flag === RAW) out = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   else if (flag === ZSTD) {
     try {
       out = decompressor.decompress(body);

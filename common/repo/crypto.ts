@@ -21,12 +21,24 @@ export const TAG_BYTES = 16;
 export const SEAL_OVERHEAD = NONCE_BYTES + TAG_BYTES;
 
 export function seal(key: Uint8Array, plaintext: Uint8Array, aad?: Uint8Array): Buffer {
+  return Buffer.concat(sealParts(key, [plaintext], aad));
+}
+
+/**
+ * seal() of the concatenation of `parts`, returned as pieces (nonce, ciphertexts, tag) whose
+ * concatenation is the sealed bytes: the plaintext is never joined and the ciphertext never copied,
+ * so a pack builder can copy each byte once, into the pack.
+ */
+export function sealParts(key: Uint8Array, parts: readonly Uint8Array[], aad?: Uint8Array): Buffer[] {
   const nonce = randomBytes(NONCE_BYTES);
   const c = createCipheriv('aes-256-gcm', key, nonce);
   if (aad) c.setAAD(aad);
-  const body = c.update(plaintext);
-  const tail = c.final();
-  return Buffer.concat([nonce, body, tail, c.getAuthTag()]);
+  const out: Buffer[] = [nonce];
+  for (const p of parts) out.push(c.update(p));
+  const tail = c.final(); // empty for GCM; kept for form
+  if (tail.length > 0) out.push(tail);
+  out.push(c.getAuthTag());
+  return out;
 }
 
 /** Decrypt and authenticate; CHECKSUM_MISMATCH when the bytes or the associated data were altered. */
@@ -39,7 +51,8 @@ export function open(key: Uint8Array, sealed: Uint8Array, aad?: Uint8Array): Buf
   d.setAuthTag(tag);
   try {
     const body = d.update(sealed.subarray(NONCE_BYTES, sealed.length - TAG_BYTES));
-    return Buffer.concat([body, d.final()]);
+    const tail = d.final(); // empty for GCM: no copy of the plaintext
+    return tail.length === 0 ? body : Buffer.concat([body, tail]);
   } catch (err) {
     throw new BulwarkError('CHECKSUM_MISMATCH', 'authentication failed: the data was altered or the key is wrong', { cause: err });
   }

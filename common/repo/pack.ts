@@ -102,12 +102,17 @@ export class PackBuilder {
 
   /** Close the pack: returns its bytes, its id (SHA-256 of the bytes) and its entries. */
   finish(keys: HostKeys): { id: string; bytes: Buffer; entries: PackEntry[] } {
+    const { bytes, entries } = this.finishBytes(keys);
+    return { id: contentId(bytes), bytes, entries };
+  }
+
+  /** Close the pack without hashing it (the caller computes its id, e.g. on a worker thread). */
+  finishBytes(keys: HostKeys): { bytes: Buffer; entries: PackEntry[] } {
     const header = seal(keys.enc, encodeEntries(this.entries), HEADER_AAD);
     const tail = Buffer.alloc(8);
     tail.writeUInt32LE(header.length, 0);
     MAGIC.copy(tail, 4);
-    const bytes = Buffer.concat([...this.parts, header, tail]);
-    return { id: contentId(bytes), bytes, entries: this.entries };
+    return { bytes: Buffer.concat([...this.parts, header, tail]), entries: this.entries };
   }
 }
 

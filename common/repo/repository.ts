@@ -146,9 +146,9 @@ export class HostRepository {
     return blobId(this.keys.id, plaintext);
   }
 
-  async savePack(pack: { id: string; bytes: Buffer }, lock: ObjectLock, signal?: AbortSignal): Promise<SavedObject> {
+  async savePack(pack: { id: string; bytes: Buffer; md5?: string }, lock: ObjectLock, signal?: AbortSignal): Promise<SavedObject> {
     const key = layout.pack(this.hostId, pack.id);
-    const r = await this.store.put(key, pack.bytes, { lock, ...(signal ? { signal } : {}) });
+    const r = await this.store.put(key, pack.bytes, { lock, ...(signal ? { signal } : {}), ...(pack.md5 ? { contentMD5: pack.md5 } : {}) });
     return { key, id: pack.id, versionId: r.versionId, size: pack.bytes.length };
   }
 

@@ -36,6 +36,8 @@ export interface ObjectLock {
 export interface PutOptions {
   lock?: ObjectLock;
   signal?: AbortSignal;
+  /** MD5 of the body, base64, when the caller has it already (a seal-pool worker computed it); else the store computes it. */
+  contentMD5?: string;
 }
 
 export interface PutResult {

@@ -57,6 +57,10 @@ export class MemoryStore implements BlobStore {
 
   async put(key: string, body: Uint8Array, opts: PutOptions = {}): Promise<PutResult> {
     throwIfAborted(opts.signal);
+    // like S3's BadDigest: a body that does not match the Content-MD5 sent with it is refused
+    if (opts.contentMD5 !== undefined && createHash('md5').update(body).digest('base64') !== opts.contentMD5) {
+      throw new BulwarkError('CHECKSUM_MISMATCH', `put ${key}: the body does not match its Content-MD5`);
+    }
     const now = this.clock.now();
     let lock = opts.lock;
     if (lock) {

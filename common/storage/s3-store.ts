@@ -151,7 +151,7 @@ export class S3Store implements BlobStore {
   }
 
   async put(key: string, body: Uint8Array, opts: PutOptions = {}): Promise<PutResult> {
-    const md5 = createHash('md5').update(body).digest('base64');
+    const md5 = opts.contentMD5 ?? createHash('md5').update(body).digest('base64');
     try {
       const out = await this.client.send(
         new PutObjectCommand({

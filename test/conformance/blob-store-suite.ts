@@ -3,7 +3,7 @@
  * every store must show, run against MemoryStore in the unit project and against the real RGW in
  * the integration project. A fake that passes here behaves like a locked bucket where it matters.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { BlobStore, ObjectLock } from '../../common/storage/blob-store.js';
 import { BulwarkError, type ErrorCode } from '../../common/errors.js';
@@ -53,6 +53,17 @@ export function blobStoreConformance(name: string, h: ConformanceHarness): void 
       expect(Buffer.from(await s.get('k/one', { versionId: va.versionId })).equals(a)).toBe(true);
       const part = await s.get('k/one', { versionId: va.versionId, range: { offset: 1234, length: 4321 } });
       expect(Buffer.from(part).equals(a.subarray(1234, 1234 + 4321))).toBe(true);
+    });
+
+    it('a body that does not match the Content-MD5 given with it is refused (CHECKSUM_MISMATCH); a matching one is stored', async () => {
+      const s = await h.lockedStore();
+      const body = randomBytes(3_000);
+      const md5 = createHash('md5').update(body).digest('base64');
+      const wrong = createHash('md5').update(randomBytes(8)).digest('base64');
+      expect(await codeOf(s.put('md5/bad', body, { lock: await lockFor(s), contentMD5: wrong }))).toBe('CHECKSUM_MISMATCH');
+      expect(await codeOf(s.head('md5/bad'))).toBe('NOT_FOUND');
+      await s.put('md5/good', body, { lock: await lockFor(s), contentMD5: md5 });
+      expect(Buffer.from(await s.get('md5/good')).equals(body)).toBe(true);
     });
 
     it('a range past the end of a version is CHECKSUM_MISMATCH (a short, non-genuine version)', async () => {

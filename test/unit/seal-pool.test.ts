@@ -1,0 +1,71 @@
+/**
+ * SealPool: the worker threads must produce exactly what the main thread's format code would —
+ * blob ids, the compress-or-not choice, sealed bytes that openBlob accepts — and the pack hashes.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { compressParts } from '../../common/repo/compress.js';
+import { blobId, open } from '../../common/repo/crypto.js';
+import { deriveHostKeys, newMasterKey } from '../../common/repo/keys.js';
+import { openBlob } from '../../common/repo/pack.js';
+import { SealPool } from '../../common/repo/seal-pool.js';
+
+const keys = deriveHostKeys(newMasterKey(), 'host-a');
+const pool = new SealPool(keys, { workers: 2 });
+afterAll(() => pool.close());
+
+const text = Buffer.from('the quick brown fox jumps over the lazy dog\n'.repeat(4000));
+const samples: Array<[string, Buffer]> = [
+  ['random', randomBytes(300_000)],
+  ['text', text],
+  ['one byte', Buffer.of(7)],
+  ['empty', Buffer.alloc(0)],
+  ['barely compressible', Buffer.concat([randomBytes(64_000), Buffer.alloc(600)])],
+];
+
+describe('SealPool', () => {
+  it.each(samples)('seals %s like the main thread', async (_name, plain) => {
+    const view = Buffer.concat([randomBytes(5), plain, randomBytes(5)]).subarray(5, 5 + plain.length); // a view, as chunks are
+    const s = await pool.seal(view);
+    expect(s.id.equals(blobId(keys.id, plain))).toBe(true);
+    expect(openBlob(keys, s.id, s.sealed, plain.length).equals(plain)).toBe(true);
+    // the same compress-or-not decision (flag byte) as compress.ts
+    const flag = open(keys.enc, s.sealed, s.id)[0];
+    expect(flag).toBe(compressParts(plain)[0][0]);
+    expect(view.equals(plain)).toBe(true); // the caller's bytes are untouched
+  });
+
+  it('rejects a sealed blob under another id', async () => {
+    const s = await pool.seal(randomBytes(1000));
+    const other = blobId(keys.id, Buffer.from('other'));
+    expect(() => openBlob(keys, other, s.sealed)).toThrow(/altered|hash/);
+  });
+
+  it('hashes a pack (SHA-256 id, base64 MD5) and hands the bytes back', async () => {
+    const bytes = Buffer.concat([randomBytes(1 << 20), randomBytes(17)]);
+    const copy = Buffer.from(bytes);
+    const h = await pool.hashPack(bytes);
+    expect(h.id).toBe(createHash('sha256').update(copy).digest('hex'));
+    expect(h.md5).toBe(createHash('md5').update(copy).digest('base64'));
+    expect(h.bytes.equals(copy)).toBe(true);
+  });
+
+  it('hashes a pack that is a view into a larger buffer', async () => {
+    const big = randomBytes(4096);
+    const view = big.subarray(100, 3000);
+    const h = await pool.hashPack(view);
+    expect(h.id).toBe(createHash('sha256').update(big.subarray(100, 3000)).digest('hex'));
+  });
+
+  it('runs many jobs at once and keeps each result with its job', async () => {
+    const chunks = Array.from({ length: 64 }, (_, i) => randomBytes(1000 + i * 997));
+    const out = await Promise.all(chunks.map((c) => pool.seal(c)));
+    out.forEach((s, i) => expect(openBlob(keys, s.id, s.sealed).equals(chunks[i]!)).toBe(true));
+  });
+
+  it('fails jobs after close', async () => {
+    const p = new SealPool(keys, { workers: 1 });
+    await p.close();
+    await expect(p.seal(Buffer.from('x'))).rejects.toThrow(/closed/);
+  });
+});
