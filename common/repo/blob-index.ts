@@ -28,6 +28,14 @@ export class BlobIndex {
   private readonly byId = new Map<string, BlobLocation>();
   private readonly packBlobs = new Map<string, number>();
 
+  /**
+   * @param rank When a blob is in two packs (re-protection wrote it afresh), the pack with the
+   *   higher rank holds it; the agent ranks packs by their known lock end, so after a restart the
+   *   index points at the re-protected copy rather than the old pack whose lock is lapsing.
+   *   Without a rank (or on a tie) the first pack added keeps it.
+   */
+  constructor(private readonly rank?: (pack: string) => number) {}
+
   get size(): number {
     return this.byId.size;
   }
@@ -40,7 +48,12 @@ export class BlobIndex {
     if (!this.packBlobs.has(pack)) this.packBlobs.set(pack, 0);
     for (const e of entries) {
       const id = e.id.toString('hex');
-      if (this.byId.has(id)) continue; // the same blob in two packs: keep the first
+      const had = this.byId.get(id);
+      if (had) {
+        // the same blob in two packs: keep the first, unless the rank prefers the newcomer
+        if (!this.rank || had.pack === pack || this.rank(pack) <= this.rank(had.pack)) continue;
+        this.packBlobs.set(had.pack, (this.packBlobs.get(had.pack) ?? 1) - 1);
+      }
       this.byId.set(id, { pack, type: e.type, offset: e.offset, length: e.length, rawLength: e.rawLength });
       this.packBlobs.set(pack, (this.packBlobs.get(pack) ?? 0) + 1);
     }

@@ -161,8 +161,8 @@ export class HostRepository {
   }
 
   /** Load every index object of this host. Damaged ones are reported and skipped (they are a cache). */
-  async loadIndex(signal?: AbortSignal): Promise<{ index: BlobIndex; damaged: string[] }> {
-    const index = new BlobIndex();
+  async loadIndex(signal?: AbortSignal, rank?: (pack: string) => number): Promise<{ index: BlobIndex; damaged: string[] }> {
+    const index = new BlobIndex(rank);
     const damaged: string[] = [];
     for (const key of await this.keysUnder(layout.indexPrefix(this.hostId), signal)) {
       const id = idOfKey(key);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { decodeIndex, encodeIndex } from '../../common/repo/blob-index.js';
+import { BlobIndex, decodeIndex, encodeIndex } from '../../common/repo/blob-index.js';
 import { deriveHostKeys } from '../../common/repo/keys.js';
 import { MemoryStore } from '../../common/storage/memory-store.js';
 import { repoTamperSuite } from '../conformance/repo-tamper-suite.js';
@@ -19,5 +19,29 @@ describe('index objects', () => {
     expect(back.map((p) => p.id)).toEqual(packs.map((p) => p.id));
     expect(back.reduce((n, p) => n + p.entries.length, 0)).toBe(200_000);
     expect(back[17]!.entries[1234]).toEqual(packs[17]!.entries[1234]);
+  });
+});
+
+describe('BlobIndex with a blob in two packs', () => {
+  const entry = (id: Buffer, offset: number) => ({ type: 'data' as const, id, offset, length: 10, rawLength: 9 });
+  const blob = randomBytes(32);
+  const other = randomBytes(32);
+
+  it('keeps the first pack without a rank', () => {
+    const idx = new BlobIndex();
+    idx.addPack('old', [entry(blob, 0), entry(other, 10)]);
+    idx.addPack('new', [entry(blob, 50)]);
+    expect(idx.get(blob.toString('hex'))?.pack).toBe('old');
+  });
+
+  it('moves the blob to the higher-ranked pack (the re-protected copy, locked longer), whatever the order', () => {
+    const locks = new Map([['old', 1_000], ['new', 9_000]]);
+    for (const order of [['old', 'new'], ['new', 'old']] as const) {
+      const idx = new BlobIndex((p) => locks.get(p) ?? 0);
+      for (const p of order) idx.addPack(p, p === 'old' ? [entry(blob, 0), entry(other, 10)] : [entry(blob, 50)]);
+      expect(idx.get(blob.toString('hex'))).toMatchObject({ pack: 'new', offset: 50 });
+      expect(idx.get(other.toString('hex'))?.pack).toBe('old');
+      expect(idx.hasPack('old') && idx.hasPack('new')).toBe(true);
+    }
   });
 });
