@@ -9,6 +9,7 @@ import { layout } from '../common/repo/layout.js';
 import type { Repository } from '../common/repo/repository.js';
 import type { SnapshotManifest } from '../common/repo/snapshot.js';
 import { readVerified } from '../common/repo/verified-read.js';
+import { Semaphore } from '../common/storage/wrappers.js';
 import { type AuditReport, audit } from './auditor.js';
 import { Catalog, type PolicyRecord, type SnapshotRecord, type TargetRecord } from './catalog.js';
 import { type GroomReport, type GroomSnapshot, groom, selectExpired } from './groomer.js';
@@ -138,13 +139,22 @@ export async function recordSnapshot(catalog: Catalog, target: TargetRecord, rep
   if (m.hostId !== hostId) throw new BulwarkError('ACCESS_DENIED', `snapshot ${snapshotId} belongs to another host`);
   const rec = snapshotRecord(snapshotId, target, m, { policy: job.policy, time: now, expiresAt: job.expiresAt, lockUntil: job.lockUntil });
   await catalog.putSnapshot(rec);
-  // the agent committed only after checking each pack is locked at least until the expiry
+  // the agent committed only after checking each pack is locked at least until the expiry. Packs
+  // the catalog has never seen are (nearly always) the ones this backup uploaded, locked until the
+  // job's lockUntil: their real lock is read, so the next look-ahead does not extend them for nothing
   const batch = catalog.locks.batch();
-  for (const p of m.packs) {
-    const key = layout.pack(hostId, p);
-    const cur = (await catalog.locks.get(key)) ?? 0;
-    if (job.expiresAt > cur) batch.put(key, job.expiresAt);
-  }
+  const sem = new Semaphore(8);
+  await Promise.all(
+    m.packs.map((p) =>
+      sem.run(async () => {
+        const key = layout.pack(hostId, p);
+        const cur = (await catalog.locks.get(key)) ?? 0;
+        let until = job.expiresAt;
+        if (cur === 0) until = Math.max(until, (await repo.store.head(key).catch(() => undefined))?.lock?.retainUntil ?? 0);
+        if (until > cur) batch.put(key, until);
+      }),
+    ),
+  );
   batch.put(layout.snapshot(hostId, snapshotId), job.lockUntil);
   await batch.write();
   return rec;

@@ -105,12 +105,15 @@ describe('look-ahead: mostly dead packs are re-protected, not extended', () => {
       for (let i = 0; i < 10; i++) await fs.writeFile(path.join(data, 'd', `f${String(i).padStart(2, '0')}`), randomBytes(50_000));
       const b2 = await backup();
       expect(b2.snap.packs).toContain(p1);
-      // before b2, p1 lapsed for b2 but was all live in b1: extended a generation past b2's expiry
+      // p1 was uploaded locked a generation past b1's expiry, and the catalog read that real lock
+      // when b1 was recorded: it already covers b2, so nothing is extended for nothing
       const run2 = (await c.catalog.get(c.catalog.protection, hostId))!;
-      expect(run2.last).toMatchObject({ trigger: 'backup', jobId: b2.job.id, packsExtended: 1, packsReprotect: 0 });
+      expect(run2.last).toMatchObject({ trigger: 'backup', jobId: b2.job.id, packsExtended: 0, packsReprotect: 0 });
       const store = maintainerStore(target);
       const lockAfter2 = (await store.head(p1Key)).lock!.retainUntil;
-      expect(lockAfter2).toBeGreaterThanOrEqual(b2.snap.expiresAt + G - 1000);
+      expect(lockAfter2).toBeGreaterThanOrEqual(b1.snap.expiresAt + G - 1000);
+      expect(lockAfter2).toBeGreaterThanOrEqual(b2.snap.expiresAt);
+      expect(await c.catalog.locks.get(p1Key)).toBe(lockAfter2);
 
       // past that generation: p1 lapses for the next backup again, now mostly dead
       offset = G + 10 * 60_000;
@@ -129,7 +132,7 @@ describe('look-ahead: mostly dead packs are re-protected, not extended', () => {
       const repo = await c.repo(target);
       expect((await repo.host(hostId).loadSnapshot(b3.snap.id)).packs).not.toContain(p1);
       expect(b3.snap.bytesUploaded).toBeGreaterThan(90_000); // the two live files, written afresh
-      // p1 was not extended for b3: its lock is what b2's look-ahead gave it, which still covers b1 and b2
+      // p1 was not extended for b3: its lock is still the one it was uploaded with, which covers b1 and b2
       const p1Lock = (await store.head(p1Key)).lock!.retainUntil;
       expect(p1Lock).toBe(lockAfter2);
       expect(p1Lock).toBeLessThan(b3.snap.expiresAt);
