@@ -17,7 +17,7 @@ import os from 'node:os';
 import { throwIfAborted } from '../../common/errors.js';
 import type { BlobIndex } from '../../common/repo/blob-index.js';
 import { contentId } from '../../common/repo/crypto.js';
-import { type BlobType, PackBuilder, type PackEntry, sealBlob } from '../../common/repo/pack.js';
+import { type BlobType, PackBuilder, type PackEntry, sealBlobParts } from '../../common/repo/pack.js';
 import type { HostRepository } from '../../common/repo/repository.js';
 import { SealPool } from '../../common/repo/seal-pool.js';
 import type { ObjectLock } from '../../common/storage/blob-store.js';
@@ -91,7 +91,7 @@ export class Packer {
     const hex = id.toString('hex');
     const known = this.packOf(hex);
     if (known !== undefined) return known;
-    return this.append(type, id, sealBlob(this.host.keys, id, plain), plain.length);
+    return this.append(type, id, sealBlobParts(this.host.keys, id, plain), plain.length);
   }
 
   /**
@@ -108,7 +108,7 @@ export class Packer {
     if (!pool) {
       const id = this.host.blobIdOf(plain);
       const hex = id.toString('hex');
-      const ref = this.packOf(hex) ?? (await this.append('data', id, sealBlob(this.host.keys, id, plain), plain.length));
+      const ref = this.packOf(hex) ?? (await this.append('data', id, sealBlobParts(this.host.keys, id, plain), plain.length));
       return { result: Promise.resolve({ id: hex, ref }) };
     }
     while (this.sealing > 0 && this.sealing + plain.length > this.sealLimit) {
@@ -175,7 +175,7 @@ export class Packer {
     this.sealWaiters.shift()?.();
   }
 
-  private async append(type: BlobType, id: Buffer, sealed: Buffer, rawLength: number): Promise<string> {
+  private async append(type: BlobType, id: Buffer, sealed: Buffer | Buffer[], rawLength: number): Promise<string> {
     this.builder.add(type, id, sealed, rawLength);
     const ref = `~${this.seq}`;
     this.pending.set(id.toString('hex'), ref);

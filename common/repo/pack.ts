@@ -14,8 +14,8 @@
  * The pack's id is the SHA-256 of all its bytes.
  */
 import { BulwarkError } from '../errors.js';
-import { compress, decompress } from './compress.js';
-import { blobId, contentId, equalBytes, open, seal } from './crypto.js';
+import { compressParts, decompress } from './compress.js';
+import { blobId, contentId, equalBytes, open, seal, sealParts } from './crypto.js';
 import type { HostKeys } from './keys.js';
 
 export type BlobType = 'data' | 'tree';
@@ -35,7 +35,12 @@ const HEADER_AAD = Buffer.from('bulwark/v1/pack-header');
 export const ENTRY_BYTES = 1 + 32 + 4 + 4 + 4;
 
 export function sealBlob(keys: HostKeys, id: Uint8Array, plaintext: Uint8Array): Buffer {
-  return seal(keys.enc, compress(plaintext), id);
+  return Buffer.concat(sealBlobParts(keys, id, plaintext));
+}
+
+/** sealBlob() as pieces whose concatenation is the sealed blob: PackBuilder copies each byte once, into the pack. */
+export function sealBlobParts(keys: HostKeys, id: Uint8Array, plaintext: Uint8Array): Buffer[] {
+  return sealParts(keys.enc, compressParts(plaintext), id);
 }
 
 /** Decrypt, decompress and verify a stored blob against its id. CHECKSUM_MISMATCH if not genuine. */
@@ -94,10 +99,14 @@ export class PackBuilder {
     return this.entries.length;
   }
 
-  add(type: BlobType, id: Buffer, sealed: Buffer, rawLength: number): void {
-    this.entries.push({ type, id, offset: this.bytes, length: sealed.length, rawLength });
-    this.parts.push(sealed);
-    this.bytes += sealed.length;
+  /** Append a sealed blob, whole or as pieces (sealBlobParts). */
+  add(type: BlobType, id: Buffer, sealed: Buffer | readonly Buffer[], rawLength: number): void {
+    const pieces = Buffer.isBuffer(sealed) ? [sealed] : sealed;
+    let length = 0;
+    for (const p of pieces) length += p.length;
+    this.entries.push({ type, id, offset: this.bytes, length, rawLength });
+    this.parts.push(...pieces);
+    this.bytes += length;
   }
 
   /** Close the pack: returns its bytes, its id (SHA-256 of the bytes) and its entries. */

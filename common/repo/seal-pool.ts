@@ -23,7 +23,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { BulwarkError } from '../errors.js';
-import { ZSTD_LEVEL, MIN_SAVING_SHIFT } from './compress.js';
+import { MIN_SAVING_SHIFT, PROBE_FROM, SAMPLE_BYTES, ZSTD_LEVEL } from './compress.js';
 import { NONCE_BYTES, TAG_BYTES } from './crypto.js';
 import type { HostKeys } from './keys.js';
 
@@ -54,14 +54,26 @@ const compressor = new zstd.Compressor();
 compressor.setParameters({ compressionLevel: ${ZSTD_LEVEL} });
 const idKey = Buffer.from(workerData.idKey);
 const encKey = Buffer.from(workerData.encKey);
+function probe(plain) {
+  const S = ${SAMPLE_BYTES}, last = plain.length - S;
+  for (const at of [0, Math.floor(last / 2), last]) {
+    const z = compressor.compress(plain.subarray(at, at + S));
+    if (z.length + (S >> ${MIN_SAVING_SHIFT}) < S) return true;
+  }
+  return false;
+}
 parentPort.on('message', (m) => {
   try {
     if (m.kind === 'seal') {
       const plain = new Uint8Array(m.plain);
       const id = createHmac('sha256', idKey).update(plain).digest();
-      const z = compressor.compress(plain);
-      const packed = z.length + (plain.length >> ${MIN_SAVING_SHIFT}) < plain.length;
-      const body = packed ? z : plain;
+      let packed = false;
+      let body = plain;
+      if (plain.length < ${PROBE_FROM} || probe(plain)) {
+        const z = compressor.compress(plain);
+        packed = z.length + (plain.length >> ${MIN_SAVING_SHIFT}) < plain.length;
+        if (packed) body = z;
+      }
       const out = Buffer.allocUnsafeSlow(${NONCE_BYTES} + 1 + body.length + ${TAG_BYTES});
       const nonce = out.subarray(0, ${NONCE_BYTES});
       randomFillSync(nonce);

@@ -47,7 +47,7 @@ import { newRepoConfig } from '../../common/repo/config.js';
 import { blobId, seal } from '../../common/repo/crypto.js';
 import { type HostKeys, deriveHostKeys, newMasterKey } from '../../common/repo/keys.js';
 import { layout } from '../../common/repo/layout.js';
-import { PackBuilder, sealBlob } from '../../common/repo/pack.js';
+import { PackBuilder, sealBlob, sealBlobParts } from '../../common/repo/pack.js';
 import type { VersionEntry } from '../../common/storage/blob-store.js';
 import { S3Store, type S3StoreOptions } from '../../common/storage/s3-store.js';
 import { type S3Env, s3Env } from './s3-env.js';
@@ -91,7 +91,7 @@ function runPipeline(data: Uint8Array, s: PipelineSetup): PipelineResult {
   let stored = 0;
   for (const c of chunks) {
     const id = blobId(s.keys.id, c);
-    pack.add('data', id, sealBlob(s.keys, id, c), c.length);
+    pack.add('data', id, sealBlobParts(s.keys, id, c), c.length);
     if (pack.size >= s.packSize) {
       stored += pack.finish(s.keys).bytes.length;
       packs++;

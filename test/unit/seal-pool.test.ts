@@ -21,6 +21,11 @@ const samples: Array<[string, Buffer]> = [
   ['one byte', Buffer.of(7)],
   ['empty', Buffer.alloc(0)],
   ['barely compressible', Buffer.concat([randomBytes(64_000), Buffer.alloc(600)])],
+  // large chunks are probed at start, middle and end: both sides must decide alike
+  ['large random (probed, raw)', randomBytes(600_000)],
+  ['large, compressible only in the middle', Buffer.concat([randomBytes(280_000), Buffer.alloc(40_000), randomBytes(280_000)])],
+  ['large, compressible away from the samples (raw)', Buffer.concat([randomBytes(100_000), Buffer.alloc(100_000), randomBytes(400_000)])],
+  ['large text', Buffer.from('all work and no play makes jack a dull boy '.repeat(20_000))],
 ];
 
 describe('SealPool', () => {
@@ -33,6 +38,15 @@ describe('SealPool', () => {
     const flag = open(keys.enc, s.sealed, s.id)[0];
     expect(flag).toBe(compressParts(plain)[0][0]);
     expect(view.equals(plain)).toBe(true); // the caller's bytes are untouched
+  });
+
+  it('probes large chunks: raw when no sample compresses, zstd when one does', () => {
+    const flag = (name: string) => compressParts(samples.find(([n]) => n === name)![1])[0][0];
+    expect(flag('large random (probed, raw)')).toBe(0);
+    expect(flag('large, compressible only in the middle')).toBe(1);
+    expect(flag('large, compressible away from the samples (raw)')).toBe(0);
+    expect(flag('large text')).toBe(1);
+    expect(flag('barely compressible')).toBe(0); // too small to probe: a full attempt, which saves < 1/64
   });
 
   it('rejects a sealed blob under another id', async () => {
