@@ -31,8 +31,12 @@ export function selectExpired<T extends { expiresAt: number }>(snapshots: readon
 }
 
 /**
- * Keys under hosts/ that no live snapshot needs. Config, keys and catalog checkpoints are never
- * garbage here. An index object is kept while any of the packs listed with its snapshot is live.
+ * Keys under hosts/ that no live snapshot needs, in the order to delete them: manifests, then
+ * indexes, then packs. So a groom killed midway never leaves in the bucket a manifest whose packs
+ * are gone (a snapshot that `catalog rebuild` would bring back and that could not be restored),
+ * only packs and indexes that the next groom finds still unreferenced. Config, keys and catalog
+ * checkpoints are never garbage here.
+ * An index object is kept while any of the packs listed with its snapshot is live.
  */
 export function planGroom(live: readonly GroomSnapshot[], storedKeys: Iterable<string>, protectedHosts: ReadonlySet<string> = new Set()): string[] {
   const needed = new Set<string>();
@@ -49,7 +53,13 @@ export function planGroom(live: readonly GroomSnapshot[], storedKeys: Iterable<s
     if (protectedHosts.has(host)) continue;
     if (!needed.has(key)) garbage.push(key);
   }
-  return garbage;
+  return garbage.sort((a, b) => deleteRank(a) - deleteRank(b) || (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** hosts/<host>/snapshots/… first, then …/index/…, then packs (…/data/…) and anything else. */
+function deleteRank(key: string): number {
+  const kind = key.split('/')[2];
+  return kind === 'snapshots' ? 0 : kind === 'index' ? 1 : 2;
 }
 
 export interface GroomReport {
