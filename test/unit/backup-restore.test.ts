@@ -38,7 +38,7 @@ describe('backup and restore (MemoryStore)', () => {
     expect(r.manifest.packs.length).toBeGreaterThan(1);
     const dst = path.join(tmp, 'dst1');
     const fresh = (await host.loadIndex()).index;
-    const res = await restore({ host, index: fresh, manifest: await host.loadSnapshot(r.snapshotId), target: dst });
+    const res = await restore({ host, index: fresh, manifest: await host.loadSnapshot(r.snapshotId), target: dst, workers: 0 });
     expect(res.errors).toEqual([]);
     expect(res.hardlinks).toBe(1);
     expect(await compareTrees(src, path.join(dst, src))).toEqual([]);
@@ -65,7 +65,7 @@ describe('backup and restore (MemoryStore)', () => {
     expect(packBytes).toBeGreaterThan(big.length * 1.9);
     expect(packBytes).toBeLessThan(big.length * 2.5);
     const dst = path.join(tmp, 'dst-pool');
-    const res = await restore({ host, index: (await host.loadIndex()).index, manifest: m, target: dst });
+    const res = await restore({ host, index: (await host.loadIndex()).index, manifest: m, target: dst, workers: 2 });
     expect(res.errors).toEqual([]);
     expect(await compareTrees(src, path.join(dst, src))).toEqual([]);
   });

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../agent/backup/backup.js';
 import { MemoryTreeCache } from '../../agent/backup/tree-cache.js';
 import { restore } from '../../agent/restore/restore.js';
@@ -20,8 +20,9 @@ import type { SnapshotManifest } from '../../common/repo/snapshot.js';
 import type { TreeNode } from '../../common/repo/tree.js';
 import { MemoryStore } from '../../common/storage/memory-store.js';
 
-const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'bulwark-hostile-restore-'));
-afterAll(() => fs.rm(tmp, { recursive: true, force: true }));
+const base = await fs.mkdtemp(path.join(os.tmpdir(), 'bulwark-hostile-restore-'));
+afterAll(() => fs.rm(base, { recursive: true, force: true }));
+let tmp = base;
 const lock = { mode: 'COMPLIANCE' as const, retainUntil: Date.now() + 3_600_000 };
 
 async function listAll(dir: string): Promise<string[]> {
@@ -57,14 +58,19 @@ async function forged(names: Array<Partial<TreeNode> & { name: string }>, rootPa
   return { host, index, manifest, store, pack };
 }
 
-describe('restore refuses hostile snapshots', () => {
+describe.each([{ workers: 0 }, { workers: 2 }])('restore refuses hostile snapshots (worker threads: $workers)', ({ workers }) => {
+  beforeAll(async () => {
+    tmp = path.join(base, `w${workers}`);
+    await fs.mkdir(tmp);
+  });
+
   it('names with .., /, NUL, empty or over 255 bytes are refused; nothing lands outside the target', async () => {
     const { host, index, manifest } = await forged([
       { name: '..' }, { name: '../escape' }, { name: '/abs' }, { name: 'a\0b' }, { name: '' }, { name: '.' }, { name: 'x'.repeat(256) }, { name: 'fine.txt' },
     ]);
     const target = path.join(tmp, 't1', 'target');
     await fs.mkdir(target, { recursive: true });
-    const r = await restore({ host, index, manifest, target });
+    const r = await restore({ host, index, manifest, target, workers });
     expect(r.files).toBe(1);
     expect(r.errors.filter((e) => /unsafe name/.test(e.reason))).toHaveLength(7);
     expect(await listAll(path.join(tmp, 't1'))).toEqual([target, path.join(target, 'data'), path.join(target, 'data', 'fine.txt')]);
@@ -73,7 +79,7 @@ describe('restore refuses hostile snapshots', () => {
   it('a root path with .. is refused before anything is written', async () => {
     const { host, index, manifest } = await forged([{ name: 'f' }], '/data/../../etc');
     const target = path.join(tmp, 't2');
-    await expect(restore({ host, index, manifest, target })).rejects.toMatchObject({ code: 'CHECKSUM_MISMATCH' });
+    await expect(restore({ host, index, manifest, target, workers })).rejects.toMatchObject({ code: 'CHECKSUM_MISMATCH' });
     expect(await listAll(target)).toEqual([]);
   });
 
@@ -84,7 +90,7 @@ describe('restore refuses hostile snapshots', () => {
     await fs.mkdir(outside, { recursive: true });
     await fs.mkdir(target, { recursive: true });
     await fs.symlink(outside, path.join(target, 'data'));
-    const r = await restore({ host, index, manifest, target });
+    const r = await restore({ host, index, manifest, target, workers });
     expect(r.files).toBe(0);
     expect(r.errors[0]!.reason).toMatch(/symlink is in the way/);
     expect(await fs.readdir(outside)).toEqual([]);
@@ -94,7 +100,7 @@ describe('restore refuses hostile snapshots', () => {
     const { host, index, manifest } = await forged([{ name: 'link', type: 'symlink', target: path.join(tmp, 'outside2'), content: undefined, size: undefined }, { name: 'z-file' }]);
     await fs.mkdir(path.join(tmp, 'outside2'), { recursive: true });
     const target = path.join(tmp, 't4');
-    const r = await restore({ host, index, manifest, target });
+    const r = await restore({ host, index, manifest, target, workers });
     expect(r.errors).toEqual([]);
     expect(await fs.readlink(path.join(target, 'data', 'link'))).toBe(path.join(tmp, 'outside2'));
     expect(await fs.readdir(path.join(tmp, 'outside2'))).toEqual([]);
@@ -126,7 +132,7 @@ describe('restore refuses hostile snapshots', () => {
     };
     const { HostRepository } = await import('../../common/repo/repository.js');
     const reader = new HostRepository(corrupt, host.config, host.keys);
-    const r = await restore({ host: reader, index, manifest: b.manifest, target: path.join(tmp, 't5') });
+    const r = await restore({ host: reader, index, manifest: b.manifest, target: path.join(tmp, 't5'), workers });
     expect(r.errors.length).toBeGreaterThan(0);
     expect(r.errors.every((e) => e.reason.includes(victim) && /CHECKSUM|genuine|authentication/i.test(e.reason))).toBe(true);
     expect(r.files + r.errors.length).toBe(8);
@@ -142,7 +148,7 @@ describe('restore refuses hostile snapshots', () => {
     idx2.addPack(pack.id, entries.filter((e) => e.type === 'tree'));
     idx2.addPack(missing, entries.filter((e) => e.type === 'data'));
     expect(await store.head(layout.pack('evil', missing)).catch((e: { code?: string }) => e.code)).toBe('NOT_FOUND');
-    const r = await restore({ host, index: idx2, manifest: { ...manifest, packs: [pack.id, missing] }, target: path.join(tmp, 't6') });
+    const r = await restore({ host, index: idx2, manifest: { ...manifest, packs: [pack.id, missing] }, target: path.join(tmp, 't6'), workers });
     expect(r.files).toBe(0);
     expect(r.errors.map((e) => path.basename(e.path)).sort()).toEqual(['a', 'b']);
     expect(r.errors.every((e) => e.reason.includes(missing))).toBe(true);
