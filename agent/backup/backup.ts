@@ -25,6 +25,7 @@
  * are listed in the result and keep their previous version when there was one.
  */
 import type { BigIntStats } from 'node:fs';
+import { lstatSync, readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { type Clock, systemClock } from '../../common/clock.js';
@@ -274,13 +275,9 @@ class BackupRun {
     const packs = new Set<string>();
     const sealing: Array<Promise<void>> = [];
     let counts: Counts = { ...ZERO, dirs: 0 };
-    // A directory listed in full is mostly small files: stat them ahead in parallel and read the
-    // small ones ahead through a window, so the sequential hash/pack stage never waits on one
-    // file system call at a time (measured: the main thread sat idle 65 % of a 100,000-file backup).
-    const ahead = full ? new LookAhead(abs, names, this.chunkParams.minSize, (n) => prevByName.get(n)) : undefined;
     for (let ni = 0; ni < names.length; ni++) {
       const name = names[ni]!;
-      ahead?.advance(ni);
+      await this.breathe();
       const prevNode = prevByName.get(name);
       const childDirty = dirty?.children.get(name);
       const childRel = rel === '' ? name : `${rel}/${name}`;
@@ -292,7 +289,7 @@ class BackupRun {
       const childAbs = path.join(abs, name);
       let st: BigIntStats;
       try {
-        st = ahead ? await ahead.stat(ni) : await fs.lstat(childAbs, { bigint: true });
+        st = lstatSync(childAbs, { bigint: true });
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
           if (prevNode) states.push([childRel, null]);
@@ -324,7 +321,7 @@ class BackupRun {
           } else {
             // read and chunked now; sealed on worker threads while the walk goes on: the file's
             // blob ids are filled in before this directory's tree is encoded
-            const read = await this.readFile(childAbs, state.size, packs, ahead?.content(ni));
+            const read = await this.readFile(childAbs, state.size, packs);
             sealing.push(read.content.then((content) => {
               node.content = content;
               states.push([childRel, { state, content }]);
@@ -452,7 +449,7 @@ class BackupRun {
    * Read and chunk a file, submitting each chunk to the packer. Resolves when the file is read;
    * `content` (its blob ids, in order) when every chunk is sealed and packed.
    */
-  private async readFile(abs: string, size: number, packs: Set<string>, prefetched?: Promise<Buffer>): Promise<{ content: Promise<string[]> }> {
+  private async readFile(abs: string, size: number, packs: Set<string>): Promise<{ content: Promise<string[]> }> {
     const results: Array<Promise<{ id: string; ref: string }>> = [];
     const done = (): { content: Promise<string[]> } => {
       const content = Promise.all(results).then((rs) => {
@@ -468,7 +465,7 @@ class BackupRun {
       this.progress.bytesUploaded = this.packer.bytesUploaded;
     };
     if (size <= this.chunkParams.minSize) {
-      const buf = await (prefetched ?? fs.readFile(abs));
+      const buf = readFileSync(abs); // see breathe()
       if (buf.length > this.chunkParams.minSize) {
         // grew since lstat: chunk what is there
         for (const c of chunkBuffer(buf, this.gear, this.chunkParams)) await put(c);
@@ -511,6 +508,21 @@ class BackupRun {
     return (this.o.onItemError ?? defaultItemError)(abs, e);
   }
 
+  /**
+   * The walk stats entries and reads small files with synchronous calls: a page-cached lstat or
+   * 1 KiB read costs a few µs that way, against ~30 µs of promise and thread-pool round trip
+   * each (measured on 20,000 files of 1 KiB: 1.3 s async with 16-32 calls in flight, 0.23 s sync,
+   * and a sixth of the CPU). Between entries the walk yields to the event loop every 10 ms, so the
+   * uploads in flight keep moving while it runs. Large files are still read asynchronously.
+   */
+  private async breathe(): Promise<void> {
+    const now = performance.now();
+    if (now - this.lastBreath < 10) return;
+    await new Promise<void>((r) => setImmediate(r));
+    this.lastBreath = performance.now();
+  }
+  private lastBreath = 0;
+
   /** Stop the packer's worker threads. */
   close(): Promise<void> {
     return this.packer.close();
@@ -524,59 +536,6 @@ class BackupRun {
     this.progress.elapsedMs = this.clock.now() - this.started;
     this.progress.bytesUploaded = this.packer.bytesUploaded;
     this.o.onProgress?.({ ...this.progress });
-  }
-}
-
-/**
- * Stats every entry of a directory ahead (32 at a time) and reads small changed files ahead
- * (16 at a time), in name order, for the sequential loop in BackupRun.dir to consume.
- */
-class LookAhead {
-  private readonly stats: Array<Promise<BigIntStats> | undefined>;
-  private readonly reads = new Map<number, Promise<Buffer>>();
-  private statNext = 0;
-  private readNext = 0;
-
-  constructor(
-    private readonly dir: string,
-    private readonly names: string[],
-    private readonly small: number,
-    private readonly prev: (name: string) => TreeNode | undefined,
-  ) {
-    this.stats = new Array(names.length);
-  }
-
-  advance(i: number): void {
-    while (this.statNext < this.names.length && this.statNext < i + 32) {
-      const p = fs.lstat(path.join(this.dir, this.names[this.statNext]!), { bigint: true });
-      p.catch(() => undefined); // consumed (and its error handled) by stat()
-      this.stats[this.statNext++] = p;
-    }
-    if (this.readNext < i) this.readNext = i;
-    while (this.readNext < this.names.length && this.readNext < i + 16) {
-      const j = this.readNext++;
-      const name = this.names[j]!;
-      void this.stats[j]!.then((st) => {
-        if (!st.isFile() || st.size > BigInt(this.small) || st.size === 0n) return;
-        const prev = this.prev(name);
-        const prevState = prev ? nodeState(prev) : undefined;
-        if (prev?.content && !fileChanged(statToFileState(st), prevState)) return; // will be reused, not read
-        const r = fs.readFile(path.join(this.dir, name));
-        r.catch(() => undefined); // consumed by content()
-        this.reads.set(j, r);
-      }, () => undefined);
-    }
-  }
-
-  stat(i: number): Promise<BigIntStats> {
-    return this.stats[i]!;
-  }
-
-  /** The prefetched bytes of entry i, if it was read ahead. */
-  content(i: number): Promise<Buffer> | undefined {
-    const r = this.reads.get(i);
-    this.reads.delete(i);
-    return r;
   }
 }
 
