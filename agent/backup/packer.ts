@@ -40,7 +40,7 @@ export interface PackerOptions {
   sealWorkers?: number;
   /** Data sealed on the main thread before the workers start (default 8 MiB). */
   inlineBytes?: number;
-  /** Chunk bytes being sealed at once, at most (default 8 MiB per worker). */
+  /** Chunk bytes being sealed at once, at most (default 32 MiB per worker: enough to keep the workers busy while the main thread chunks). */
   sealBytes?: number;
   signal?: AbortSignal;
   /** Called after each pack is stored (the agent records it so a crashed backup's packs are reused). */
@@ -78,7 +78,7 @@ export class Packer {
     private readonly o: PackerOptions,
   ) {
     this.workers = o.sealWorkers ?? Math.min(4, os.availableParallelism());
-    this.sealLimit = o.sealBytes ?? 8 * 1024 * 1024 * Math.max(1, this.workers);
+    this.sealLimit = o.sealBytes ?? 32 * 1024 * 1024 * Math.max(1, this.workers);
   }
 
   /** The pack (id or provisional ref) holding this blob, if it is stored or staged already. */

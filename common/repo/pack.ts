@@ -88,7 +88,7 @@ export function decodeEntries(buf: Buffer): PackEntry[] {
 
 /** Accumulates sealed blobs into one pack. */
 export class PackBuilder {
-  private readonly parts: Buffer[] = [];
+  private readonly parts: Uint8Array[] = [];
   private readonly entries: PackEntry[] = [];
   private bytes = 0;
 
@@ -100,12 +100,14 @@ export class PackBuilder {
   }
 
   /** Append a sealed blob, whole or as pieces (sealBlobParts). */
-  add(type: BlobType, id: Buffer, sealed: Buffer | readonly Buffer[], rawLength: number): void {
-    const pieces = Buffer.isBuffer(sealed) ? [sealed] : sealed;
+  add(type: BlobType, id: Buffer, sealed: Uint8Array | readonly Uint8Array[], rawLength: number): void {
+    const pieces = Array.isArray(sealed) ? (sealed as readonly Uint8Array[]) : [sealed as Uint8Array];
     let length = 0;
-    for (const p of pieces) length += p.length;
+    for (const p of pieces) {
+      length += p.length;
+      this.parts.push(p);
+    }
     this.entries.push({ type, id, offset: this.bytes, length, rawLength });
-    this.parts.push(...pieces);
     this.bytes += length;
   }
 

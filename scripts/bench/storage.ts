@@ -6,7 +6,10 @@
  *       (16 MiB packs, finish() incl. the pack's SHA-256 id), on incompressible random data and on
  *       compressible text of the same size; beside it plain SHA-256 over the same bytes (the floor
  *       of the work: every byte is hashed at least twice, blob id and pack id), each stage on its
- *       own, and the same pipeline in 2 worker threads on the two halves of the data (both cores).
+ *       own, and the same pipeline in 2 worker threads on the two halves of the data (both cores);
+ *       then the backup's own write path, agent/backup/packer.ts: chunks (main thread) submitted to
+ *       the Packer, sealed inline or by its SealPool (1, 2 workers), packed, hashed (SHA-256 id and
+ *       Content-MD5) and handed to a bucket that drops pack bodies.
  *   (b) uploading 16 MiB packs to S3 (the local Ceph RGW by default) with S3Store.put and a
  *       COMPLIANCE lock, 4 and 8 in flight, against `rclone copy` of the same packs as files.
  *
@@ -50,6 +53,11 @@ import { layout } from '../../common/repo/layout.js';
 import { PackBuilder, sealBlob, sealBlobParts } from '../../common/repo/pack.js';
 import type { VersionEntry } from '../../common/storage/blob-store.js';
 import { S3Store, type S3StoreOptions } from '../../common/storage/s3-store.js';
+import { MemoryStore } from '../../common/storage/memory-store.js';
+import type { PutOptions, PutResult } from '../../common/storage/blob-store.js';
+import { BlobIndex } from '../../common/repo/blob-index.js';
+import { Repository } from '../../common/repo/repository.js';
+import { Packer } from '../../agent/backup/packer.js';
 import { type S3Env, s3Env } from './s3-env.js';
 
 const MiB = 1024 * 1024;
@@ -478,6 +486,48 @@ function uploadNote(r: { ms: number; cpuMs: number }, m0: CpuMark, m1: CpuMark, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// The backup's own write path: Packer + SealPool
+
+/**
+ * A locked in-memory bucket that drops pack bodies (the upload is measured apart, in (b)), after
+ * computing their Content-MD5 when the caller did not, as S3Store.put does on the main thread.
+ */
+class DiscardPacks extends MemoryStore {
+  override async put(key: string, body: Uint8Array, opts?: PutOptions): Promise<PutResult> {
+    if (!key.includes('/data/')) return super.put(key, body, opts);
+    if (opts?.contentMD5 === undefined) createHash('md5').update(body).digest('base64');
+    return { versionId: 'discarded' };
+  }
+}
+
+/**
+ * chunk (main thread, as the backup's reader does) → Packer.submit → SealPool workers (id, zstd,
+ * AES-GCM) → pack → SHA-256 + MD5 on a worker → a store that drops the pack. `workers` 0: all on
+ * the main thread, as a backup without workers.
+ */
+async function runPacker(data: Uint8Array, workers: number): Promise<{ ms: number; cpuMs: number; machineMs: number; packs: number }> {
+  const lock = { mode: 'COMPLIANCE' as const, retainUntil: Date.now() + 3_600_000 };
+  const repo = await Repository.init(new DiscardPacks(), { passphrase: 'bench', lock });
+  const host = repo.host(HOST);
+  const table = createGearTable(host.keys.chunk);
+  const params = compileChunkerOptions(host.config.chunker);
+  const packer = new Packer(host, new BlobIndex(), { lock, sealWorkers: workers, inlineBytes: 0 });
+  const m0 = machineBusyMs() ?? NaN;
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const results: Array<Promise<unknown>> = [];
+  for (let off = 0; off < data.length; off += 64 * MiB) {
+    for (const c of chunkBuffer(data.subarray(off, Math.min(off + 64 * MiB, data.length)), table, params)) results.push((await packer.submit(c)).result);
+  }
+  await Promise.all(results);
+  await packer.flush();
+  const ms = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  await packer.close();
+  return { ms, cpuMs: (cpu.user + cpu.system) / 1000, machineMs: (machineBusyMs() ?? NaN) - m0, packs: packer.uploaded.length };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Main
 
 async function main(): Promise<void> {
@@ -585,6 +635,21 @@ async function main(): Promise<void> {
     p2.ms,
     `${cpuNotes(p2)}; each worker ${p2.each.map((e) => fmt(mbps(e.bytes, e.ms)).trim()).join(' + ')} MB/s; × ${(mbps(size, p2.ms) / pipeMBps).toFixed(2)} of 1 core`,
   );
+
+  // the product's path: the backup's Packer with its SealPool
+  const packerRows: Record<string, number> = {};
+  for (const w of [0, 1, 2]) {
+    fullGc();
+    await runPacker(data.subarray(0, 32 * MiB), w); // warm up (and start-up of the workers, measured apart)
+    fullGc();
+    const r = await runPacker(data, w);
+    packerRows[`w${w}`] = line(
+      `backup Packer, ${w === 0 ? 'no workers' : `SealPool ${w} worker${w > 1 ? 's' : ''}`}`,
+      size,
+      r.ms,
+      `${cpuNotes(r)}; ${r.packs} packs; chunking on the main thread, packs hashed ${w ? 'on a worker' : 'inline'}`,
+    );
+  }
 
   console.log(`  text: ${sizeMiB} MiB of random phrases (generated in ${(textGenMs / 1000).toFixed(2)} s): ${textSample}…`);
   const textMBps = line(
@@ -694,6 +759,9 @@ async function main(): Promise<void> {
       upload_MBps: r1(result.upload_MBps),
       rclone_MBps: r1(result.rclone_MBps),
       pipeline_2core_MBps: r1(pipe2MBps),
+      packer_MBps: r1(packerRows.w0!),
+      packer_1worker_MBps: r1(packerRows.w1!),
+      packer_2workers_MBps: r1(packerRows.w2!),
       pipeline_text_MBps: r1(textMBps),
       text_compression_ratio: round2(ratio),
       pipeline_over_sha256: round2(pipeMBps / shaMBps),
