@@ -142,7 +142,8 @@ export class AgentCore {
 
   /** The host's blob index, loaded from the bucket once and kept up to date by each backup. */
   async loadIndex(signal?: AbortSignal): Promise<BlobIndex> {
-    if (!this.index) this.index = (await this.o.host.loadIndex(signal)).index;
+    // a blob in two packs (re-protected): the copy in the pack locked longest
+    if (!this.index) this.index = (await this.o.host.loadIndex(signal, (p) => this.packLocks.get(p) ?? 0)).index;
     return this.index;
   }
 
@@ -190,6 +191,8 @@ export class AgentCore {
         // a directory that (re)appeared is listed in full: entries made before chokidar watched it
         // may have no mark of their own
         for await (const m of journal.dirtyPaths()) set.add(m.path, m.event === 'addDir');
+        // files with several names: a write through another name (elsewhere, even outside the root) has no event here
+        for (const p of journal.linkedPaths()) set.add(p);
         modes[root] = 'journal';
       } else if (describesParent) {
         for await (const c of reconcile(root, journal, { exclude, ...(job.signal ? { signal: job.signal } : {}) })) set.add(c.path);
@@ -226,7 +229,7 @@ export class AgentCore {
 
     await job.commit?.(result);
     for (const [root, journal] of this.journals) {
-      await journal.commitBackup({ snapshotId: result.snapshotId, states: result.states.get(root) ?? [], clearedUpToSeq: starts.get(root)!.seq });
+      await journal.commitBackup({ snapshotId: result.snapshotId, states: result.states.get(root) ?? [], clearedUpToSeq: starts.get(root)!.seq, scanned: modes[root] !== 'journal' });
     }
     await this.packLog.clear();
     // retry skipped paths next time

@@ -2,9 +2,10 @@
  * What the agent remembers about a file system entry, and the pure decisions made from it.
  *
  * - `FileState` is the part of an `lstat` that tells whether an entry changed since the last backup
- *   (type, size, mtime, ctime, inode, mode). `statToFileState` builds it, `fileChanged` compares it,
- *   `encodeFileState` / `decodeFileState` turn it into JSON for the change journal (bigints as
- *   decimal strings).
+ *   (type, size, mtime, ctime, inode, mode), plus, for a file with several names (hard links), its
+ *   link count and device, so the journal knows which paths share an inode. `statToFileState`
+ *   builds it, `fileChanged` compares it, `encodeFileState` / `decodeFileState` turn it into JSON
+ *   for the change journal (bigints as decimal strings).
  * - Paths inside the agent are relative to a protected root, with POSIX separators, never empty,
  *   never `.`/`..`: `assertRelativePath` checks one, `comparePaths` orders them in *tree order*
  *   (a directory, then its whole subtree, then its next sibling; siblings by the UTF-8 bytes of their
@@ -29,6 +30,13 @@ export interface FileState {
   inode: bigint;
   /** Permission bits with setuid/setgid/sticky (`st_mode & 0o7777`); the type is in `type`. */
   mode: number;
+  /**
+   * Only for a regular file with more than one name (hard links): its link count and the device
+   * holding its inode (`dev`:`inode` names the inode). Absent means one name, or not known (a state
+   * rebuilt from a snapshot's tree). Not compared by `fileChanged`: a link count change changes ctime.
+   */
+  nlink?: number;
+  dev?: bigint;
 }
 
 /** The type of an entry from an `lstat` (bigint or not). Devices, FIFOs and sockets are 'other'. */
@@ -41,7 +49,7 @@ export function fileTypeOf(st: Pick<Stats | BigIntStats, 'isFile' | 'isDirectory
 
 /** Build a FileState from `fs.lstat(p, { bigint: true })` (lstat: a symlink is described, not followed). */
 export function statToFileState(st: BigIntStats): FileState {
-  return {
+  const state: FileState = {
     type: fileTypeOf(st),
     size: Number(st.size),
     mtimeNs: st.mtimeNs,
@@ -49,6 +57,16 @@ export function statToFileState(st: BigIntStats): FileState {
     inode: st.ino,
     mode: Number(st.mode & 0o7777n),
   };
+  if (state.type === 'file' && st.nlink > 1n) {
+    state.nlink = Number(st.nlink);
+    state.dev = st.dev;
+  }
+  return state;
+}
+
+/** `dev:inode` of a file with several names (see `FileState.nlink`), else undefined. */
+export function linkKeyOf(state: FileState): string | undefined {
+  return state.type === 'file' && state.nlink !== undefined && state.nlink > 1 && state.dev !== undefined ? `${state.dev}:${state.inode}` : undefined;
 }
 
 /**
@@ -77,10 +95,13 @@ export interface EncodedFileState {
   ctimeNs: string;
   inode: string;
   mode: number;
+  /** Both present or both absent (see FileState). */
+  nlink?: number;
+  dev?: string;
 }
 
 export function encodeFileState(state: FileState): EncodedFileState {
-  return {
+  const e: EncodedFileState = {
     type: state.type,
     size: state.size,
     mtimeNs: state.mtimeNs.toString(),
@@ -88,6 +109,11 @@ export function encodeFileState(state: FileState): EncodedFileState {
     inode: state.inode.toString(),
     mode: state.mode,
   };
+  if (state.nlink !== undefined && state.dev !== undefined) {
+    e.nlink = state.nlink;
+    e.dev = state.dev.toString();
+  }
+  return e;
 }
 
 const FILE_TYPES: ReadonlySet<string> = new Set<FileType>(['file', 'dir', 'symlink', 'other']);
@@ -107,7 +133,7 @@ export function decodeFileState(value: unknown): FileState {
     const s = v[k];
     if (typeof s !== 'string' || !DECIMAL.test(s)) return bad(k);
   }
-  return {
+  const state: FileState = {
     type: v.type as FileType,
     size: v.size,
     mtimeNs: BigInt(v.mtimeNs as string),
@@ -115,6 +141,13 @@ export function decodeFileState(value: unknown): FileState {
     inode: BigInt(v.inode as string),
     mode: v.mode,
   };
+  if (v.nlink !== undefined || v.dev !== undefined) {
+    if (typeof v.nlink !== 'number' || !Number.isSafeInteger(v.nlink) || v.nlink < 1) return bad('nlink');
+    if (typeof v.dev !== 'string' || !DECIMAL.test(v.dev)) return bad('dev');
+    state.nlink = v.nlink;
+    state.dev = BigInt(v.dev);
+  }
+  return state;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,14 +2,19 @@
  * The agent's change journal: a LevelDB database in the agent's data directory that lets an
  * incremental backup cost in proportion to what changed, not to the size of the tree.
  *
- * It holds three sublevels (one LevelDB, so a batch can span them atomically):
+ * It holds five sublevels (one LevelDB, so a batch can span them atomically):
  * - `dirty`: `path → { event, seq, at }`, the paths the watcher saw change since they were last backed
  *   up. `seq` is the sequence number of the `markDirty` batch that last marked the path; it only grows,
  *   and is persisted with the marks, so it never repeats across restarts.
  * - `state`: `path → { state, content }`, the FileState of each path at the last committed backup and
  *   the caller's opaque `content` (the backup pipeline keeps each file's blob ids there).
+ * - `links`: `path → { k: 'dev:inode', n: link count }` for every file of the last committed backup
+ *   that has more than one name (hard links), kept in memory too (small: only such files). See
+ *   "Hard links" below.
+ * - `staged`: the new states of a backup in progress (`stageStates()`), written as the walk produces
+ *   them so the backup does not hold them; moved into `state` by its commit, dropped otherwise.
  * - `meta`: `seq` (the last sequence number handed out), `trust` (`{ trusted, reason, at, seq }`),
- *   `lastSnapshotId`, `watcherStartedAt`.
+ *   `lastSnapshotId`, `watcherStartedAt`, `format` (2: states record link counts).
  * Paths are relative to the protected root with POSIX separators. Keys store them with '/' replaced by
  * NUL, so LevelDB's byte order is *tree order* (file-state.ts `comparePaths`): iterating `state` visits
  * the tree depth first, like the scanner, and a subtree is one key range.
@@ -17,9 +22,11 @@
  * How a backup uses it (agent/backup drives this):
  *   1. `watcher.flush()`, then `start = journal.beginBackup()`: the sequence number `start.seq` and
  *      whether the journal is trusted.
- *   2. trusted: back up `dirtyPaths()`; untrusted: `reconcile()` (scanner.ts), a full stat walk.
+ *   2. trusted: back up `dirtyPaths()` and `linkedPaths()`; untrusted: `reconcile()` (scanner.ts), a
+ *      full stat walk.
  *   3. `commitBackup({ snapshotId, states, clearedUpToSeq: start.seq })`, after the controller has
- *      committed the snapshot.
+ *      committed the snapshot. `states` is an array, an iterable, or the `StagedStates` of
+ *      `stageStates()` that the backup filled as it went (bounded memory: one batch).
  *
  * Trust. The journal is trusted when its dirty marks are known to hold every change since the last
  * committed backup. That needs a watcher that was running, without error, from before the backup began
@@ -37,8 +44,23 @@
  *   attached since before the backup began. Otherwise it keeps (or explains) the untrusted state, and the
  *   next backup is a full scan again. Callers must follow "untrusted at `beginBackup` → full scan".
  *
- * Crashes. Every method is one LevelDB write (a batch where it writes several keys), so a crash leaves
- * each either done or not done; in between:
+ * Hard links. The watcher sees a write only under the name it was made through: inotify reports it to
+ * that name's directory, and only directories are watched (watcher.ts). A file with several names can
+ * therefore change with no event for the others — names in other directories, or outside the
+ * protected root, or excluded. So every file the last backup saw with a link count above 1 is listed
+ * by `linkedPaths()`, and a trusted backup re-checks each of them (lstat, re-read if changed) besides
+ * its dirty marks: cheap when such files are few, in proportion to their number when not. Names the
+ * journal does not know yet are found by a scan: when a backup that followed the dirty marks records a
+ * file whose link count grew (or a new file with several names) and the journal knows fewer of its
+ * names than its link count, the missing names may be in the tree, so the journal becomes untrusted
+ * ('hard link with unknown names') and the next backup reconciles. A full walk or a reconcile scan
+ * (`scanned`) sees every name in the tree — a link count change changes the ctime of every name — so
+ * names it did not find are outside the tree (or excluded), and the re-check covers them. A journal
+ * from before link counts were recorded (no `format` 2) has its states
+ * cleared on open, so that first reconcile visits, and records, every entry.
+ *
+ * Crashes. Every method is one LevelDB write (a batch where it writes several keys), except a large
+ * `commitBackup` (see there), so a crash leaves each either done or not done; in between:
  * - watcher events not yet flushed are lost, but the restart makes the journal untrusted: a full scan.
  * - crash during a backup, before `commitBackup`: the dirty marks are only deleted by the commit batch,
  *   so they are all still there and those paths are backed up again (the packs already uploaded are
@@ -47,6 +69,13 @@
  *   previous states and marks, so the next backup re-reads those files and finds their blobs already
  *   stored. `lastSnapshotId` is stale until then; the controller's catalog is the source of truth.
  * - marks written while a backup runs get a larger seq than `clearedUpToSeq`, so the commit leaves them.
+ * - crash during a large commit (more than `commitBatch` operations, written in several batches, the
+ *   first of which sets `lastSnapshotId`): some states are the new backup's, the rest the previous
+ *   one's, and some marks are not cleared. The restart makes the journal untrusted, so the next backup
+ *   reconciles against the snapshot the journal names (the new one), and that is safe with mixed
+ *   states: a path whose recorded state matches the disk was recorded, as it is, either by the new
+ *   backup or by the previous one with no change since (ctime only moves forward), and in both cases the
+ *   new snapshot holds it as it is. Paths with an old or missing state are merely looked at again.
  * Dirty marks are written without fsync (a power cut can lose the last ones, but the restart distrusts
  * the journal anyway); `commitBackup` and `markUntrusted` are written with `sync: true`.
  *
@@ -56,7 +85,7 @@
 import { Level } from 'level';
 import { systemClock, type Clock } from '../common/clock.js';
 import { asBulwarkError, BulwarkError } from '../common/errors.js';
-import { assertRelativePath, decodeFileState, encodeFileState, type EncodedFileState, type FileState } from './file-state.js';
+import { assertRelativePath, decodeFileState, encodeFileState, linkKeyOf, type EncodedFileState, type FileState } from './file-state.js';
 
 /**
  * The last watcher event for a path. A hint only: the backup decides from lstat. 'change' is also what
@@ -113,12 +142,20 @@ export interface CommitBackupInput {
   states: Iterable<readonly [string, JournalEntry | null]> | AsyncIterable<readonly [string, JournalEntry | null]>;
   /** Dirty marks with `seq ≤ clearedUpToSeq` are deleted; later marks survive. */
   clearedUpToSeq: number;
+  /**
+   * The backup looked at every entry of the tree (a full walk, or a reconcile scan): a name of a file
+   * it did not find is outside the tree (or excluded), not merely unseen. Default false: the backup
+   * followed the dirty marks (see "Hard links" in the header).
+   */
+  scanned?: boolean;
 }
 
 export interface CommitResult {
   /** States written and deleted. */
   written: number;
   deleted: number;
+  /** LevelDB batches it took (1 unless there were more than `commitBatch` operations). */
+  batches: number;
   /** Dirty marks cleared. */
   cleared: number;
   /** Trust after the commit. */
@@ -132,6 +169,12 @@ export interface JournalOptions {
    * that inspects a journal without watching the tree may pass false.
    */
   distrustOnOpen?: boolean;
+  /**
+   * Most operations in one LevelDB batch of `commitBackup` (default 2,000). A batch is built in memory
+   * (JSON values in JS, then LevelDB's own copy); a full backup of 100,000 files in one batch cost
+   * ~150 MB of RSS, in batches of 2,000 a few MB. See the header for what a crash between them leaves.
+   */
+  commitBatch?: number;
 }
 
 interface DirtyValue {
@@ -144,6 +187,20 @@ interface StateValue {
   state: EncodedFileState;
   content: string[];
 }
+
+/** A file with several names, as the `links` sublevel records it. */
+interface LinkValue {
+  /** `dev:inode` */
+  k: string;
+  /** Link count. */
+  n: number;
+}
+
+/** A staged state: the new state of a path, or `{ gone: 1 }` (the path is gone). */
+type StagedValue = StateValue | { gone: 1 };
+
+/** `meta.format`: 2 = file states record link counts (older journals have their states cleared on open). */
+const FORMAT = 2;
 
 const DIRTY_EVENTS: ReadonlySet<string> = new Set<DirtyEvent>(['add', 'change', 'unlink', 'addDir', 'unlinkDir']);
 
@@ -175,6 +232,11 @@ function decodeDirty(key: string, value: unknown): DirtyMark {
   return { path: pathOf(key), event: v.event, seq: v.seq, at: v.at };
 }
 
+function isLinkValue(v: unknown): v is LinkValue {
+  const l = v as Partial<LinkValue> | null;
+  return typeof l === 'object' && l !== null && typeof l.k === 'string' && typeof l.n === 'number';
+}
+
 function decodeEntry(key: string, value: unknown): JournalEntry {
   const v = value as Partial<StateValue> | null;
   if (typeof v !== 'object' || v === null || !Array.isArray(v.content) || !v.content.every((c) => typeof c === 'string')) {
@@ -183,10 +245,76 @@ function decodeEntry(key: string, value: unknown): JournalEntry {
   return { state: decodeFileState(v.state), content: v.content };
 }
 
+/**
+ * The new states of a backup in progress, written to the journal (sublevel `staged`) in batches of
+ * `commitBatch` as the walk produces them, so the backup holds at most one batch instead of every
+ * state until its commit (100,000 states were ~45 MB of heap during a full backup of 100,000 files).
+ * Pass it as `states` to `commitBackup`, which moves them into `state`. Nothing else reads staged
+ * states; a stage that is not committed is dropped by the next `stageStates()` and on open.
+ */
+export class StagedStates implements AsyncIterable<readonly [string, JournalEntry | null]> {
+  private ops: Array<{ type: 'put'; key: string; value: StagedValue }> = [];
+  private writing: Promise<void> = Promise.resolve();
+  private failure: unknown;
+  private count = 0;
+
+  /** @internal created by `Journal.stageStates()` */
+  constructor(
+    readonly journal: Journal,
+    private readonly write: (ops: Array<{ type: 'put'; key: string; value: StagedValue }>) => Promise<void>,
+    private readonly read: () => AsyncIterable<readonly [string, JournalEntry | null]>,
+    private readonly batchSize: number,
+  ) {}
+
+  /** States staged so far (a path staged twice counts twice; the last one wins). */
+  get size(): number {
+    return this.count;
+  }
+
+  /**
+   * Stage the new state of `path` (`null`: it is gone). Returns a promise only when a batch is being
+   * written; awaiting it keeps at most two batches in memory.
+   */
+  add(path: string, entry: JournalEntry | null): Promise<void> | undefined {
+    if (this.failure !== undefined) throw this.failure;
+    assertRelativePath(path);
+    const value: StagedValue = entry === null ? { gone: 1 } : { state: encodeFileState(entry.state), content: entry.content };
+    this.ops.push({ type: 'put', key: keyOf(path), value });
+    this.count++;
+    return this.ops.length >= this.batchSize ? this.flush() : undefined;
+  }
+
+  /** Write what is buffered; resolves when every batch staged so far is written. */
+  flush(): Promise<void> {
+    const ops = this.ops;
+    this.ops = [];
+    const previous = this.writing;
+    this.writing = (async () => {
+      await previous;
+      if (ops.length > 0) await this.write(ops);
+    })().catch((err: unknown) => {
+      this.failure ??= err;
+      throw err;
+    });
+    return this.writing;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<readonly [string, JournalEntry | null]> {
+    return this.read()[Symbol.asyncIterator]();
+  }
+}
+
 export class Journal {
   private readonly dirty;
   private readonly state;
+  private readonly staged;
+  private readonly links;
   private readonly meta;
+  /** The `links` sublevel in memory: path → its inode and link count, and inode → its known paths. */
+  private readonly linkOf = new Map<string, LinkValue>();
+  private readonly namesOf = new Map<string, Set<string>>();
+  /** Directories with such paths under them → how many (so that only their removal looks for them). */
+  private readonly linkDirs = new Map<string, number>();
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
   /** The attached watcher: its token and the sequence number taken when it attached. */
@@ -194,6 +322,8 @@ export class Journal {
   private nextToken = 1;
   /** Bumped by every markUntrusted, so a commit in flight cannot overwrite it in memory. */
   private trustGeneration = 0;
+  /** The stage of the backup in progress (`stageStates()`), if any. */
+  private stage: StagedStates | undefined;
 
   private constructor(
     private readonly db: Level<string, unknown>,
@@ -202,15 +332,20 @@ export class Journal {
     private trust: TrustStatus,
     private lastSnapshotId: string | undefined,
     private watcherStartedAt: number | undefined,
+    private readonly commitBatch: number,
   ) {
     this.dirty = db.sublevel<string, DirtyValue>('dirty', { valueEncoding: 'json' });
     this.state = db.sublevel<string, StateValue>('state', { valueEncoding: 'json' });
+    this.links = db.sublevel<string, LinkValue>('links', { valueEncoding: 'json' });
+    this.staged = db.sublevel<string, StagedValue>('staged', { valueEncoding: 'json' });
     this.meta = db.sublevel<string, unknown>('meta', { valueEncoding: 'json' });
   }
 
   /** Open (or create) the journal in `dir`, applying the start-up rule (see the header). */
   static async open(dir: string, options: JournalOptions = {}): Promise<Journal> {
     const clock = options.clock ?? systemClock;
+    const commitBatch = options.commitBatch ?? 2_000;
+    if (!Number.isSafeInteger(commitBatch) || commitBatch < 1) throw new BulwarkError('INVALID_ARGUMENT', `commitBatch must be a positive integer, got ${commitBatch}`);
     const db = new Level<string, unknown>(dir, { valueEncoding: 'json' });
     try {
       await db.open();
@@ -223,13 +358,24 @@ export class Journal {
     }
     try {
       const meta = db.sublevel<string, unknown>('meta', { valueEncoding: 'json' });
-      const [seqV, trustV, snapV, watchV] = await meta.getMany(['seq', 'trust', 'lastSnapshotId', 'watcherStartedAt']);
+      const [seqV, trustV, snapV, watchV, formatV] = await meta.getMany(['seq', 'trust', 'lastSnapshotId', 'watcherStartedAt', 'format']);
       const seq = typeof seqV === 'number' ? seqV : 0;
       const valid = isTrustStatus(trustV);
       const trust: TrustStatus = valid
         ? trustV
         : { trusted: false, reason: trustV === undefined ? 'never scanned' : 'damaged trust record', at: clock.now(), seq };
-      const journal = new Journal(db, clock, seq, trust, typeof snapV === 'string' ? snapV : undefined, typeof watchV === 'number' ? watchV : undefined);
+      const journal = new Journal(db, clock, seq, trust, typeof snapV === 'string' ? snapV : undefined, typeof watchV === 'number' ? watchV : undefined, commitBatch);
+      if (formatV !== FORMAT) {
+        // states without link counts: forget them, so the next reconcile visits and records every entry
+        await journal.state.clear();
+        await journal.links.clear();
+        await meta.put('format', FORMAT);
+      }
+      await journal.staged.clear(); // a backup that did not commit
+      for await (const [key, value] of journal.links.iterator()) {
+        if (!isLinkValue(value)) throw damaged(`link record of ${JSON.stringify(pathOf(key))}`);
+        journal.setLink(pathOf(key), value);
+      }
       if (!valid) {
         await journal.writeTrust(trust);
       } else if (trust.trusted && options.distrustOnOpen !== false) {
@@ -298,8 +444,41 @@ export class Journal {
     for await (const [key, value] of this.dirty.iterator()) yield decodeDirty(key, value);
   }
 
+  /**
+   * Every path the last backups recorded as a file with more than one name (see "Hard links" in the
+   * header): a trusted backup re-checks each of them, as a write through another name has no event.
+   */
+  linkedPaths(): string[] {
+    this.assertOpen();
+    return [...this.linkOf.keys()];
+  }
+
   // -------------------------------------------------------------------------------------------
   // Backed-up states
+
+  /**
+   * Start staging the new states of a backup (see `StagedStates`); drops what an earlier stage left.
+   * Commit it with `commitBackup({ states: stage, … })`.
+   */
+  async stageStates(): Promise<StagedStates> {
+    this.assertOpen();
+    this.stage = undefined;
+    await this.staged.clear();
+    const stage = new StagedStates(
+      this,
+      (ops) => this.staged.batch(ops),
+      () => this.stagedEntries(),
+      this.commitBatch,
+    );
+    this.stage = stage;
+    return stage;
+  }
+
+  private async *stagedEntries(): AsyncGenerator<readonly [string, JournalEntry | null]> {
+    for await (const [key, value] of this.staged.iterator()) {
+      yield [pathOf(key), value !== null && typeof value === 'object' && 'gone' in value ? null : decodeEntry(key, value)];
+    }
+  }
 
   async getState(path: string): Promise<JournalEntry | undefined> {
     assertRelativePath(path);
@@ -325,55 +504,188 @@ export class Journal {
   }
 
   /**
-   * After the controller committed `snapshotId`: in ONE atomic batch (fsync'ed) write the new states,
-   * delete the dirty marks with `seq ≤ clearedUpToSeq`, set `lastSnapshotId` and set trust (trusted
-   * only when the rules in the header allow; the result says which). Do not call other journal writes
-   * from inside an async `states` iterable: writes queue behind this one.
+   * After the controller committed `snapshotId`: write the new states, delete the dirty marks with
+   * `seq ≤ clearedUpToSeq`, set `lastSnapshotId` and set trust (trusted only when the rules in the
+   * header allow; the result says which), all fsync'ed. Up to `commitBatch` operations this is ONE
+   * atomic batch; a larger commit is written in batches of that size, the first one setting
+   * `lastSnapshotId`, and if one of them fails the journal is marked untrusted (see the header for
+   * why a crash in between is safe). Do not call other journal writes from inside an async `states`
+   * iterable: writes queue behind this one.
    */
   async commitBackup(input: CommitBackupInput): Promise<CommitResult> {
-    const { snapshotId, states, clearedUpToSeq } = input;
+    const { snapshotId, states, clearedUpToSeq, scanned = false } = input;
     if (snapshotId === '') throw new BulwarkError('INVALID_ARGUMENT', 'commitBackup needs the snapshot id');
     return this.exclusive(async () => {
       if (!Number.isSafeInteger(clearedUpToSeq) || clearedUpToSeq < 0 || clearedUpToSeq > this.seq) {
         throw new BulwarkError('INVALID_ARGUMENT', `clearedUpToSeq ${clearedUpToSeq} is not a sequence number this journal handed out (last: ${this.seq}); use beginBackup().seq`);
       }
-      const batch = this.db.batch();
-      let done = false;
+      const staged = states instanceof StagedStates ? states : undefined;
+      if (staged !== undefined && (staged.journal !== this || staged !== this.stage)) {
+        throw new BulwarkError('INVALID_ARGUMENT', 'these staged states are not the current stage of this journal (stageStates() was called again, or another journal staged them)');
+      }
+      let batch = this.db.batch();
+      let ops = 0;
+      let batches = 0;
+      /** Changes to the in-memory link maps, applied once the batch holding them is written. */
+      let linkChanges: Array<[string, LinkValue | undefined]> = [];
+      /** Inodes recorded with a link count that grew (or new): are all their names known? */
+      const grown = new Map<string, number>();
+      let open = true;
+      const write = async (last: boolean): Promise<void> => {
+        open = false; // write() closes the batch whether it succeeds or not
+        if (batches === 0 && !last) batch.put('lastSnapshotId', snapshotId, { sublevel: this.meta });
+        await batch.write(last ? { sync: true } : {});
+        batches++;
+        for (const [path, link] of linkChanges) this.setLink(path, link);
+        linkChanges = [];
+        if (!last) {
+          batch = this.db.batch();
+          ops = 0;
+          open = true;
+        }
+      };
+      let written = 0;
+      let deleted = 0;
+      let cleared = 0;
+      /** Put one state into the batch; true when the batch is full. */
+      const addState = (path: string, entry: JournalEntry | null): boolean => {
+        assertRelativePath(path);
+        const key = keyOf(path);
+        if (entry === null) {
+          batch.del(key, { sublevel: this.state });
+          deleted++;
+        } else {
+          const value: StateValue = { state: encodeFileState(entry.state), content: entry.content };
+          batch.put(key, value, { sublevel: this.state });
+          written++;
+        }
+        ops += 1 + this.stageLinks(batch, path, entry?.state, linkChanges, grown);
+        return ops >= this.commitBatch;
+      };
       try {
-        let written = 0;
-        let deleted = 0;
-        let cleared = 0;
-        for await (const [path, entry] of states) {
-          assertRelativePath(path);
-          if (entry === null) {
-            batch.del(keyOf(path), { sublevel: this.state });
-            deleted++;
-          } else {
-            const value: StateValue = { state: encodeFileState(entry.state), content: [...entry.content] };
-            batch.put(keyOf(path), value, { sublevel: this.state });
-            written++;
-          }
+        if (staged !== undefined) await staged.flush();
+        if (Symbol.iterator in states) {
+          // an array (the backup's): awaited only between batches, not once per state
+          for (const [path, entry] of states) if (addState(path, entry)) await write(false);
+        } else {
+          for await (const [path, entry] of states) if (addState(path, entry)) await write(false);
         }
         for await (const [key, value] of this.dirty.iterator()) {
           if (decodeDirty(key, value).seq <= clearedUpToSeq) {
             batch.del(key, { sublevel: this.dirty });
             cleared++;
+            if (++ops >= this.commitBatch) await write(false);
           }
         }
         const generation = this.trustGeneration;
-        const trust = this.trustAfterCommit(clearedUpToSeq);
+        let trust = this.trustAfterCommit(clearedUpToSeq);
+        // the names of an inode once the changes still staged (those of the last batch) are applied
+        const namesAfter = (link: string): Set<string> => {
+          const names = new Set(this.namesOf.get(link));
+          for (const [p, l] of linkChanges) {
+            if (l?.k === link) names.add(p);
+            else names.delete(p);
+          }
+          return names;
+        };
+        const unknown = scanned ? [] : [...grown].filter(([link, n]) => namesAfter(link).size < n);
+        if (trust.trusted && unknown.length > 0) {
+          const some = [...namesAfter(unknown[0]![0])][0];
+          trust = {
+            trusted: false,
+            reason: `hard link with unknown names: ${unknown.length} file(s) such as ${JSON.stringify(some)} gained a name the journal has not seen, which may be in the tree; the next backup scans for it`,
+            at: this.clock.now(),
+            seq: this.seq,
+          };
+        }
         batch.put('lastSnapshotId', snapshotId, { sublevel: this.meta });
         batch.put('trust', trust, { sublevel: this.meta });
-        done = true; // write() closes the batch whether it succeeds or not
-        await batch.write({ sync: true });
+        await write(true);
         // A markUntrusted() called while the batch was being written wins; its own write is queued next.
         if (this.trustGeneration === generation) this.trust = trust;
         this.lastSnapshotId = snapshotId;
-        return { written, deleted, cleared, trust: { ...this.trust } };
-      } finally {
-        if (!done) await batch.close();
+        if (staged !== undefined) {
+          this.stage = undefined;
+          await this.staged.clear().catch(() => undefined); // left over, it is dropped on the next stage or open
+        }
+        return { written, deleted, cleared, batches, trust: { ...this.trust } };
+      } catch (err) {
+        if (open) await batch.close();
+        if (batches > 0) {
+          // part of the commit is written: only a full scan may trust the journal again
+          this.lastSnapshotId = snapshotId;
+          await this.untrustLocked(`a commit of snapshot ${snapshotId} failed after ${batches} of its batches: ${asBulwarkError(err).message}`).catch(() => undefined);
+        }
+        throw err;
       }
     });
+  }
+
+  /**
+   * Stage in `batch` the `links` record of `path` given its new state (`undefined`: gone), and the
+   * removal of the records under it unless it is a directory; returns the operations added. The
+   * in-memory change is appended to `changes`; an inode whose link count grew goes into `grown`.
+   */
+  private stageLinks(
+    batch: ReturnType<Level<string, unknown>['batch']>,
+    path: string,
+    state: FileState | undefined,
+    changes: Array<[string, LinkValue | undefined]>,
+    grown: Map<string, number>,
+  ): number {
+    let ops = 0;
+    const link = state ? linkKeyOf(state) : undefined;
+    const before = this.linkOf.get(path);
+    if (link !== undefined) {
+      const value: LinkValue = { k: link, n: state!.nlink! };
+      if (before === undefined || before.k !== link || before.n < value.n) grown.set(link, Math.max(value.n, grown.get(link) ?? 0));
+      if (before?.k !== value.k || before.n !== value.n) {
+        batch.put(keyOf(path), value, { sublevel: this.links });
+        changes.push([path, value]);
+        ops++;
+      }
+    } else if (before !== undefined) {
+      batch.del(keyOf(path), { sublevel: this.links });
+      changes.push([path, undefined]);
+      ops++;
+    }
+    if (state?.type !== 'dir' && this.linkDirs.has(path)) {
+      const prefix = path + '/';
+      for (const p of this.linkOf.keys()) {
+        if (p.startsWith(prefix)) {
+          batch.del(keyOf(p), { sublevel: this.links });
+          changes.push([p, undefined]);
+          ops++;
+        }
+      }
+    }
+    return ops;
+  }
+
+  private setLink(path: string, link: LinkValue | undefined): void {
+    const before = this.linkOf.get(path);
+    if (before !== undefined) {
+      const names = this.namesOf.get(before.k);
+      names?.delete(path);
+      if (names?.size === 0) this.namesOf.delete(before.k);
+      this.linkOf.delete(path);
+      this.countLinkDirs(path, -1);
+    }
+    if (link === undefined) return;
+    this.linkOf.set(path, link);
+    let names = this.namesOf.get(link.k);
+    if (!names) this.namesOf.set(link.k, (names = new Set()));
+    names.add(path);
+    this.countLinkDirs(path, 1);
+  }
+
+  private countLinkDirs(path: string, delta: number): void {
+    for (let i = path.indexOf('/'); i >= 0; i = path.indexOf('/', i + 1)) {
+      const dir = path.slice(0, i);
+      const n = (this.linkDirs.get(dir) ?? 0) + delta;
+      if (n > 0) this.linkDirs.set(dir, n);
+      else this.linkDirs.delete(dir);
+    }
   }
 
   private trustAfterCommit(clearedUpToSeq: number): TrustStatus {

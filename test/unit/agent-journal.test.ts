@@ -1,10 +1,12 @@
 /**
  * The change journal on a real LevelDB in a temp dir: dirty marks, commitBackup's atomic clearing by
- * sequence number, persistence across reopen, and the trust lifecycle.
+ * sequence number (and its batches when large), persistence across reopen, the trust lifecycle, and
+ * the paths of files with several names (hard links).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Level } from 'level';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../common/clock.js';
 import { comparePaths, type FileState } from '../../agent/file-state.js';
@@ -24,8 +26,8 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function open(): Promise<Journal> {
-  journal = await Journal.open(join(dir, 'journal'), { clock });
+async function open(options: { commitBatch?: number } = {}): Promise<Journal> {
+  journal = await Journal.open(join(dir, 'journal'), { clock, ...options });
   return journal;
 }
 
@@ -38,6 +40,12 @@ async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
 function entry(size: number, content: string[] = [`blob-${size}`]): JournalEntry {
   const state: FileState = { type: 'file', size, mtimeNs: 10n ** 18n + BigInt(size), ctimeNs: 2n * 10n ** 18n, inode: 2n ** 60n + BigInt(size), mode: 0o640 };
   return { state, content };
+}
+
+/** A file with `nlink` names on inode `inode` of device 7. */
+function linked(inode: number, nlink: number): JournalEntry {
+  const state: FileState = { type: 'file', size: 1, mtimeNs: 1n, ctimeNs: 1n, inode: BigInt(inode), mode: 0o644, nlink, dev: 7n };
+  return { state, content: ['blob'] };
 }
 
 describe('dirty marks', () => {
@@ -175,6 +183,143 @@ describe('commitBackup', () => {
     const mark = j.markDirty([{ path: 'x', event: 'change' }]);
     await Promise.all([commit, mark]);
     expect((await collect(j.dirtyPaths())).map((m) => [m.path, m.event])).toEqual([['x', 'change']]);
+  });
+});
+
+describe('large commits', () => {
+  it('are written in batches of commitBatch operations, with the same result', async () => {
+    const j = await open({ commitBatch: 3 });
+    await j.watchStarted();
+    await j.markDirty(Array.from({ length: 5 }, (_, i) => ({ path: `m${i}`, event: 'change' as const })));
+    const states: Array<[string, JournalEntry]> = Array.from({ length: 10 }, (_, i) => [`f${i}`, entry(i)]);
+    const r = await j.commitBackup({ snapshotId: 'big', clearedUpToSeq: j.beginBackup().seq, states });
+    expect(r).toMatchObject({ written: 10, cleared: 5, trust: { trusted: true } });
+    expect(r.batches).toBe(6); // 15 operations in batches of 3, then the last one with the trust record
+    expect((await collect(j.states())).map((s) => s.path)).toEqual(states.map(([p]) => p).sort(comparePaths));
+    expect(await collect(j.dirtyPaths())).toEqual([]);
+    expect((await j.getMeta()).lastSnapshotId).toBe('big');
+  });
+
+  it('one that fails after a batch was written names the new snapshot and untrusts the journal', async () => {
+    const j = await open({ commitBatch: 3 });
+    await j.watchStarted();
+    await j.commitBackup({ snapshotId: 's1', clearedUpToSeq: j.beginBackup().seq, states: [['a', entry(1)]] });
+    expect(await j.isTrusted()).toBe(true);
+    async function* states(): AsyncGenerator<[string, JournalEntry | null]> {
+      for (let i = 0; i < 7; i++) yield [`f${i}`, entry(i)];
+      throw new Error('failed half-way');
+    }
+    await expect(j.commitBackup({ snapshotId: 's2', clearedUpToSeq: j.beginBackup().seq, states: states() })).rejects.toThrow('failed half-way');
+    // some states are s2's, the rest s1's: only a reconcile scan against s2 is safe now (see journal.ts)
+    expect(await j.trustStatus()).toMatchObject({ trusted: false, reason: expect.stringMatching(/commit of snapshot s2 failed/) });
+    expect((await j.getMeta()).lastSnapshotId).toBe('s2');
+    expect(await j.getState('f0')).toEqual(entry(0));
+  });
+});
+
+describe('staged states (a backup that does not hold its states)', () => {
+  it('are written in batches as they come and moved into the states by the commit', async () => {
+    const j = await open({ commitBatch: 3 });
+    await j.watchStarted();
+    await j.commitBackup({ snapshotId: 's1', clearedUpToSeq: j.beginBackup().seq, states: [['gone', entry(1)], ['kept', entry(2)]] });
+    const start = j.beginBackup();
+    const stage = await j.stageStates();
+    for (let i = 0; i < 7; i++) await stage.add(`f${i}`, entry(10 + i));
+    await stage.add('gone', null);
+    await stage.add('x/linked', linked(30, 2));
+    await stage.add('y/linked', linked(30, 2));
+    expect(stage.size).toBe(10);
+    const r = await j.commitBackup({ snapshotId: 's2', clearedUpToSeq: start.seq, states: stage });
+    expect(r).toMatchObject({ written: 9, deleted: 1, trust: { trusted: true } });
+    expect((await collect(j.states())).map((s) => s.path)).toEqual(['f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'f6', 'kept', 'x/linked', 'y/linked']);
+    expect(await j.getState('f6')).toEqual(entry(16));
+    expect(j.linkedPaths().sort()).toEqual(['x/linked', 'y/linked']);
+    // the staged copies are gone, and the stage cannot be committed twice
+    await expect(j.commitBackup({ snapshotId: 's3', clearedUpToSeq: j.beginBackup().seq, states: stage })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    expect(await collect(await j.stageStates())).toEqual([]);
+  });
+
+  it('a stage that is not committed is dropped: by the next stage, and on reopen', async () => {
+    let j = await open({ commitBatch: 2 });
+    const first = await j.stageStates();
+    for (let i = 0; i < 5; i++) await first.add(`old${i}`, entry(i));
+    await first.flush();
+    expect((await collect(first)).length).toBe(5);
+    const second = await j.stageStates();
+    expect(await collect(second)).toEqual([]);
+    expect(() => first.add('late', entry(9))).not.toThrow(); // harmless, but it cannot be committed:
+    await expect(j.commitBackup({ snapshotId: 's', clearedUpToSeq: j.beginBackup().seq, states: first })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await second.add('a', entry(1));
+    await second.flush();
+    await j.close();
+    j = await open();
+    expect(await collect(await j.stageStates())).toEqual([]);
+    expect(await collect(j.states())).toEqual([]);
+  });
+});
+
+describe('files with several names (hard links)', () => {
+  it('linkedPaths lists them; a name gone, now single or under a removed directory leaves; it survives a reopen', async () => {
+    let j = await open();
+    await j.watchStarted();
+    await j.commitBackup({
+      snapshotId: 's1',
+      clearedUpToSeq: j.beginBackup().seq,
+      states: [
+        ['a/x', linked(10, 2)],
+        ['b/y', linked(10, 2)],
+        ['c/one', linked(11, 3)],
+        ['c/two', linked(11, 3)],
+        ['c/sub/three', linked(11, 3)],
+        ['plain', entry(1)],
+      ],
+    });
+    expect(j.linkedPaths().sort()).toEqual(['a/x', 'b/y', 'c/one', 'c/sub/three', 'c/two']);
+    await j.commitBackup({ snapshotId: 's2', clearedUpToSeq: j.beginBackup().seq, states: [['b/y', null], ['a/x', entry(2)], ['c/sub', null]] });
+    expect(j.linkedPaths().sort()).toEqual(['c/one', 'c/two']);
+    await j.close();
+    j = await open();
+    expect(j.linkedPaths().sort()).toEqual(['c/one', 'c/two']);
+  });
+
+  it('a new name the journal cannot place untrusts it once; names all known, or a count that did not grow, do not', async () => {
+    const j = await open();
+    await j.watchStarted();
+    // both names seen: trusted
+    let r = await j.commitBackup({ snapshotId: 's1', clearedUpToSeq: j.beginBackup().seq, states: [['a/x', linked(10, 2)], ['b/y', linked(10, 2)]] });
+    expect(r.trust.trusted).toBe(true);
+    // a new file with two names, one unknown (e.g. a link made to a file recorded as single): may be in the tree
+    r = await j.commitBackup({ snapshotId: 's2', clearedUpToSeq: j.beginBackup().seq, states: [['d/w', linked(20, 2)]] });
+    expect(r.trust).toMatchObject({ trusted: false, reason: expect.stringMatching(/hard link with unknown names.*"d\/w"/) });
+    // the reconcile after it did not find the other name (outside the tree): trusted again
+    r = await j.commitBackup({ snapshotId: 's3', clearedUpToSeq: j.beginBackup().seq, states: [['d/w', linked(20, 3)]], scanned: true });
+    expect(r.trust.trusted).toBe(true);
+    // a count that did not grow, after a backup that followed the marks
+    r = await j.commitBackup({ snapshotId: 's3b', clearedUpToSeq: j.beginBackup().seq, states: [['d/w', linked(20, 3)]] });
+    expect(r.trust.trusted).toBe(true);
+    // a third name for inode 10, in the tree and recorded: all names known
+    r = await j.commitBackup({ snapshotId: 's4', clearedUpToSeq: j.beginBackup().seq, states: [['a/x', linked(10, 3)], ['b/y', linked(10, 3)], ['c/z', linked(10, 3)]] });
+    expect(r.trust.trusted).toBe(true);
+    // a fourth name somewhere unknown
+    r = await j.commitBackup({ snapshotId: 's5', clearedUpToSeq: j.beginBackup().seq, states: [['a/x', linked(10, 4)]] });
+    expect(r.trust.trusted).toBe(false);
+  });
+
+  it('a journal from before link counts were recorded has its states cleared on open', async () => {
+    let j = await open();
+    await j.commitBackup({ snapshotId: 's1', clearedUpToSeq: j.beginBackup().seq, states: [['a', entry(1)]] });
+    await j.close();
+    journal = undefined;
+    const db = new Level<string, unknown>(join(dir, 'journal'), { valueEncoding: 'json' });
+    await db.sublevel('meta', { valueEncoding: 'json' }).del('format');
+    await db.close();
+    j = await open();
+    expect(await collect(j.states())).toEqual([]);
+    expect((await j.getMeta()).lastSnapshotId).toBe('s1'); // the next backup reconciles against s1: every entry is looked at
+    await j.commitBackup({ snapshotId: 's2', clearedUpToSeq: j.beginBackup().seq, states: [['a', entry(1)]] });
+    await j.close();
+    j = await open();
+    expect(await j.getState('a')).toEqual(entry(1)); // not cleared again
   });
 });
 
