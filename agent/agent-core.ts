@@ -33,7 +33,7 @@ import { DirtySet } from './backup/dirty-set.js';
 import type { UploadedPack } from './backup/packer.js';
 import { LevelTreeCache } from './backup/tree-cache.js';
 import { compileExclude } from './file-state.js';
-import { Journal } from './journal.js';
+import { Journal, type StagedStates } from './journal.js';
 import { type RestoreProgress, type RestoreResult, restore } from './restore/restore.js';
 import { reconcile } from './scanner.js';
 import { Watcher } from './watcher.js';
@@ -205,7 +205,11 @@ export class AgentCore {
       dirty.set(root, set);
     }
 
+    // new journal states go to LevelDB as the walk produces them, not into memory
+    const stages = new Map<string, StagedStates>();
+    for (const [root, journal] of this.journals) stages.set(root, await journal.stageStates());
     const result = await backup({
+      stateSinks: stages,
       host,
       index,
       roots: this.o.roots,
@@ -229,7 +233,7 @@ export class AgentCore {
 
     await job.commit?.(result);
     for (const [root, journal] of this.journals) {
-      await journal.commitBackup({ snapshotId: result.snapshotId, states: result.states.get(root) ?? [], clearedUpToSeq: starts.get(root)!.seq, scanned: modes[root] !== 'journal' });
+      await journal.commitBackup({ snapshotId: result.snapshotId, states: stages.get(root)!, clearedUpToSeq: starts.get(root)!.seq, scanned: modes[root] !== 'journal' });
     }
     await this.packLog.clear();
     // retry skipped paths next time

@@ -155,6 +155,11 @@ export class Packer {
     await pool?.close();
   }
 
+  /** A pack reference as a pack id, or undefined while its pack is not hashed yet. */
+  tryResolve(ref: string): string | undefined {
+    return ref.startsWith('~') ? this.resolved.get(ref) : ref;
+  }
+
   /** A pack reference as a pack id (after flush). */
   resolve(ref: string): string {
     if (!ref.startsWith('~')) return ref;
@@ -189,6 +194,7 @@ export class Packer {
     const ref = `~${this.seq++}`;
     const { bytes, entries } = this.builder.finishBytes(this.host.keys);
     this.builder = new PackBuilder();
+    compactIds(entries);
     // backpressure: at most `uploads` packs in memory besides the open one
     while (this.inFlight.size >= (this.o.uploads ?? 3)) await Promise.race(this.inFlight);
     if (this.failure) throw this.failure;
@@ -213,4 +219,16 @@ export class Packer {
     this.inFlight.add(p);
     void p.then(() => this.inFlight.delete(p));
   }
+}
+
+/**
+ * Move a pack's blob ids into one buffer (each entry keeps a view): every id from a digest or a
+ * worker is a buffer of its own, and a first backup of 100,000 small files kept 60 MB of them.
+ */
+function compactIds(entries: PackEntry[]): void {
+  const all = Buffer.allocUnsafeSlow(entries.length * 32);
+  entries.forEach((e, i) => {
+    e.id.copy(all, i * 32);
+    e.id = all.subarray(i * 32, i * 32 + 32);
+  });
 }
