@@ -205,9 +205,10 @@ export class AgentCore {
       dirty.set(root, set);
     }
 
-    // new journal states go to LevelDB as the walk produces them, not into memory
+    // the new journal states of a full or reconcile walk (every entry) go to LevelDB as the walk
+    // produces them, not into memory; an incremental's few are simply kept
     const stages = new Map<string, StagedStates>();
-    for (const [root, journal] of this.journals) stages.set(root, await journal.stageStates());
+    for (const [root, journal] of this.journals) if (modes[root] !== 'journal') stages.set(root, await journal.stageStates());
     const result = await backup({
       stateSinks: stages,
       host,
@@ -233,7 +234,7 @@ export class AgentCore {
 
     await job.commit?.(result);
     for (const [root, journal] of this.journals) {
-      await journal.commitBackup({ snapshotId: result.snapshotId, states: stages.get(root)!, clearedUpToSeq: starts.get(root)!.seq, scanned: modes[root] !== 'journal' });
+      await journal.commitBackup({ snapshotId: result.snapshotId, states: stages.get(root) ?? result.states.get(root) ?? [], clearedUpToSeq: starts.get(root)!.seq, scanned: modes[root] !== 'journal' });
     }
     await this.packLog.clear();
     // retry skipped paths next time
