@@ -146,6 +146,12 @@ class RestoreRun {
   /** Bounds file writes in flight across all packs. */
   private readonly writers = new Semaphore(32);
   private lastReport = 0;
+  /** Temporary names: `.bwr-<pid>-` + 6 random hex digits per run + a 6-digit hex counter (one RNG call per run, not per file). */
+  private readonly tempPrefix = `.bwr-${process.pid}-${randomBytes(3).toString('hex')}`;
+  private tempSeq = 0;
+  private tempName(): string {
+    return this.tempPrefix + (this.tempSeq++ & 0xffffff).toString(16).padStart(6, '0');
+  }
   private pool: WritePool | undefined;
 
   constructor(private readonly o: RestoreOptions) {
@@ -257,7 +263,7 @@ class RestoreRun {
           this.links.push({ dest, first, node });
           return;
         }
-        const job: FileJob = { idx: this.files.length, dest, tmp: path.join(parentDest, `.bwr-${process.pid}-${randomBytes(6).toString('hex')}`), node, remaining: 0, written: 0, failed: false };
+        const job: FileJob = { idx: this.files.length, dest, tmp: path.join(parentDest, this.tempName()), node, remaining: 0, written: 0, failed: false };
         if (key && !first) this.firstOfInode.set(key, job);
         this.files.push(job);
         this.progress.bytesTotal += node.size ?? 0;
