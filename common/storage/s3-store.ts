@@ -354,6 +354,10 @@ export class S3Store implements BlobStore {
     try {
       await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }), { abortSignal: opts.signal });
     } catch (err) {
+      // HEAD has no body: a missing bucket is a bare 404 'NotFound'
+      if ((err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) {
+        throw new BulwarkError('NO_SUCH_BUCKET', `${this.description}: the bucket does not exist; create it with Object Lock enabled`, { cause: err });
+      }
       throw translate(err, `head bucket ${this.bucket}`);
     }
     return this.lastServerDate;
