@@ -444,7 +444,7 @@ class BackupRun {
       return true;
     }
     if (n.type === 'dir') {
-      const sub = await this.cachedTree(n.subtree!);
+      const sub = await this.summaryOf(n.subtree!);
       // every pack must still be known (not re-protected, not groomed away)
       if (!sub.packs.every((p) => this.o.index.hasPack(p))) return false;
       for (const p of sub.packs) packs.add(p);
@@ -456,7 +456,12 @@ class BackupRun {
   private async nodeCounts(n: TreeNode): Promise<Counts> {
     if (n.type === 'file') return { files: 1, dirs: 0, symlinks: 0, bytes: n.size ?? 0 };
     if (n.type === 'symlink') return { files: 0, dirs: 0, symlinks: 1, bytes: 0 };
-    return (await this.cachedTree(n.subtree!)).stats;
+    return (await this.summaryOf(n.subtree!)).stats;
+  }
+
+  /** The pack set and counts of a tree of the previous snapshot (its entries are not needed to reuse it). */
+  private async summaryOf(id: string): Promise<{ packs: string[]; stats: Counts }> {
+    return (await this.o.treeCache.summary(id)) ?? (await this.cachedTree(id));
   }
 
   /** A tree of the previous snapshot, with its pack set and counts (from the cache, else the bucket). */
@@ -475,7 +480,7 @@ class BackupRun {
           if (p) packs.add(p);
         }
       } else if (n.type === 'dir') {
-        for (const p of (await this.cachedTree(n.subtree!)).packs) packs.add(p);
+        for (const p of (await this.summaryOf(n.subtree!)).packs) packs.add(p);
       }
       stats = addCounts(stats, await this.nodeCounts(n));
     }

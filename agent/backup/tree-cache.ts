@@ -19,8 +19,13 @@ export interface CachedTree {
   stats: { files: number; dirs: number; symlinks: number; bytes: number };
 }
 
+/** What reusing an unchanged subtree needs: its packs and counts, not its entries. */
+export type TreeSummary = Pick<CachedTree, 'packs' | 'stats'>;
+
 export interface TreeCache {
   get(id: string): Promise<CachedTree | undefined>;
+  /** The packs and counts of a cached tree, without decoding its entries when they are not in memory. */
+  summary(id: string): Promise<TreeSummary | undefined>;
   put(id: string, entry: CachedTree): Promise<void>;
   close(): Promise<void>;
 }
@@ -30,11 +35,19 @@ export class MemoryTreeCache implements TreeCache {
   async get(id: string): Promise<CachedTree | undefined> {
     return this.map.get(id);
   }
+  async summary(id: string): Promise<TreeSummary | undefined> {
+    return this.map.get(id);
+  }
   async put(id: string, entry: CachedTree): Promise<void> {
     this.map.set(id, entry);
   }
   async close(): Promise<void> {}
 }
+
+/** Tree entries (files, dirs, links) kept decoded in memory in front of LevelDB. */
+const HOT_NODES = 20_000;
+/** Trees whose packs and counts are kept in memory (an incremental reuses every unchanged subtree by them). */
+const SUMMARIES = 200_000;
 
 /** Persistent cache (LevelDB), with a small in-memory layer in front for the current backup. */
 export class LevelTreeCache implements TreeCache {
@@ -57,6 +70,10 @@ export class LevelTreeCache implements TreeCache {
     return entry;
   }
 
+  async summary(id: string): Promise<TreeSummary | undefined> {
+    return this.summaries.get(id) ?? (await this.get(id));
+  }
+
   async put(id: string, entry: CachedTree): Promise<void> {
     this.remember(id, entry);
     await this.db.put(id, JSON.stringify(entry));
@@ -67,8 +84,22 @@ export class LevelTreeCache implements TreeCache {
   }
 
   private remember(id: string, entry: CachedTree): void {
-    // bounded: a few thousand directories' worth is plenty for one backup's ancestors
-    if (this.hot.size >= 4096) this.hot.delete(this.hot.keys().next().value!);
+    // summaries (a few pack ids and four counts) for many more trees than whole entries
+    if (this.summaries.size >= SUMMARIES) this.summaries.delete(this.summaries.keys().next().value!);
+    this.summaries.set(id, { packs: entry.packs, stats: entry.stats });
+    // bounded by entries, not trees: 4,096 trees of 100 files each held every node of a
+    // 100,000-file tree (~40 MB of the agent's heap after a backup); LevelDB is fast enough behind
+    const old = this.hot.get(id);
+    if (old) this.hotNodes -= old.tree.nodes.length;
+    this.hot.delete(id);
     this.hot.set(id, entry);
+    this.hotNodes += entry.tree.nodes.length;
+    while (this.hotNodes > HOT_NODES && this.hot.size > 1) {
+      const [k, v] = this.hot.entries().next().value!;
+      this.hot.delete(k);
+      this.hotNodes -= v.tree.nodes.length;
+    }
   }
+  private hotNodes = 0;
+  private readonly summaries = new Map<string, TreeSummary>();
 }
