@@ -19,8 +19,7 @@
  */
 import { createRequire } from 'node:module';
 import os from 'node:os';
-import { Worker } from 'node:worker_threads';
-import { BulwarkError } from '../../common/errors.js';
+import { WorkerPool } from '../../common/worker-pool.js';
 import { NONCE_BYTES, TAG_BYTES } from '../../common/repo/crypto.js';
 import type { HostKeys } from '../../common/repo/keys.js';
 
@@ -131,68 +130,21 @@ parentPort.on('message', (m) => {
 });
 `;
 
-interface Waiting {
-  resolve: (r: BlobOutcome[]) => void;
-  reject: (e: Error) => void;
-  worker: number;
-}
-
 export class WritePool {
-  private readonly workers: Worker[] = [];
-  private readonly load: number[] = [];
-  private readonly waiting = new Map<number, Waiting>();
-  private seq = 0;
-  private failure: Error | undefined;
-  private closed = false;
+  private readonly pool: WorkerPool<{ seq: number; out: BlobOutcome[] }>;
 
   constructor(keys: HostKeys, workers = Math.min(4, os.availableParallelism())) {
-    if (!(workers >= 1)) throw new BulwarkError('INVALID_ARGUMENT', `a write pool needs at least one worker, not ${workers}`);
     const zstdPath = createRequire(import.meta.url).resolve('zstd-napi');
-    for (let i = 0; i < workers; i++) {
-      const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { zstdPath, idKey: new Uint8Array(keys.id), encKey: new Uint8Array(keys.enc) } });
-      w.unref();
-      w.on('message', (m: { seq: number; out: BlobOutcome[] }) => {
-        const p = this.waiting.get(m.seq);
-        if (!p) return;
-        this.waiting.delete(m.seq);
-        this.load[p.worker]!--;
-        p.resolve(m.out);
-      });
-      w.on('error', (err) => this.fail(new BulwarkError('INTERNAL', `restore worker failed: ${err.message}`, { cause: err })));
-      w.on('exit', (code) => {
-        if (!this.closed) this.fail(new BulwarkError('INTERNAL', `restore worker exited (code ${code})`));
-      });
-      this.workers.push(w);
-      this.load.push(0);
-    }
+    this.pool = new WorkerPool(WORKER_SOURCE, { zstdPath, idKey: new Uint8Array(keys.id), encKey: new Uint8Array(keys.enc) }, workers, 'restore');
   }
 
   /** Verify and write the blobs of one fetched range. `bytes` is moved to the worker (copied first if it shares its buffer). */
-  run(bytes: Uint8Array, blobs: WriteBlob[]): Promise<BlobOutcome[]> {
-    if (this.failure) return Promise.reject(this.failure);
-    if (this.closed) return Promise.reject(new BulwarkError('ABORTED', 'restore pool closed'));
+  async run(bytes: Uint8Array, blobs: WriteBlob[]): Promise<BlobOutcome[]> {
     const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer ? bytes : bytes.slice();
-    let w = 0;
-    for (let i = 1; i < this.load.length; i++) if (this.load[i]! < this.load[w]!) w = i;
-    const seq = this.seq++;
-    this.load[w]!++;
-    return new Promise<BlobOutcome[]>((resolve, reject) => {
-      this.waiting.set(seq, { resolve, reject, worker: w });
-      this.workers[w]!.postMessage({ seq, bytes: own.buffer, blobs }, [own.buffer as ArrayBuffer]);
-    });
+    return (await this.pool.request({ bytes: own.buffer, blobs }, [own.buffer as ArrayBuffer])).out;
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    for (const p of this.waiting.values()) p.reject(new BulwarkError('ABORTED', 'restore pool closed'));
-    this.waiting.clear();
-    await Promise.all(this.workers.map((w) => w.terminate()));
-  }
-
-  private fail(err: Error): void {
-    this.failure ??= err;
-    for (const p of this.waiting.values()) p.reject(err);
-    this.waiting.clear();
+  close(): Promise<void> {
+    return this.pool.close();
   }
 }

@@ -21,8 +21,7 @@
  */
 import { createRequire } from 'node:module';
 import os from 'node:os';
-import { Worker } from 'node:worker_threads';
-import { BulwarkError } from '../errors.js';
+import { WorkerPool } from '../worker-pool.js';
 import { MIN_SAVING_SHIFT, PROBE_FROM, SAMPLE_BYTES, ZSTD_LEVEL } from './compress.js';
 import { NONCE_BYTES, TAG_BYTES } from './crypto.js';
 import type { HostKeys } from './keys.js';
@@ -98,11 +97,6 @@ parentPort.on('message', (m) => {
 });
 `;
 
-interface Pending {
-  resolve: (m: WorkerReply) => void;
-  reject: (e: Error) => void;
-}
-
 interface WorkerReply {
   seq: number;
   error?: string;
@@ -114,39 +108,23 @@ interface WorkerReply {
 }
 
 export class SealPool {
-  private readonly workers: Worker[] = [];
-  private readonly load: number[] = [];
-  private readonly pending = new Map<number, { worker: number } & Pending>();
-  private seq = 0;
-  private failure: Error | undefined;
-  private closed = false;
+  private readonly pool: WorkerPool<WorkerReply>;
 
   constructor(keys: HostKeys, o: SealPoolOptions = {}) {
-    const n = o.workers ?? Math.min(4, os.availableParallelism());
-    if (!(n >= 1)) throw new BulwarkError('INVALID_ARGUMENT', `a seal pool needs at least one worker, not ${n}`);
     const zstdPath = createRequire(import.meta.url).resolve('zstd-napi');
-    for (let i = 0; i < n; i++) {
-      const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { zstdPath, idKey: new Uint8Array(keys.id), encKey: new Uint8Array(keys.enc) } });
-      w.unref();
-      w.on('message', (m: WorkerReply) => this.onReply(i, m));
-      w.on('error', (err) => this.fail(new BulwarkError('INTERNAL', `seal worker failed: ${err.message}`, { cause: err })));
-      w.on('exit', (code) => {
-        if (!this.closed) this.fail(new BulwarkError('INTERNAL', `seal worker exited (code ${code})`));
-      });
-      this.workers.push(w);
-      this.load.push(0);
-    }
+    const workerData = { zstdPath, idKey: new Uint8Array(keys.id), encKey: new Uint8Array(keys.enc) };
+    this.pool = new WorkerPool<WorkerReply>(WORKER_SOURCE, workerData, o.workers ?? Math.min(4, os.availableParallelism()), 'seal');
   }
 
   get size(): number {
-    return this.workers.length;
+    return this.pool.size;
   }
 
   /** Id and sealed form of one chunk (as `blobId` + `sealBlob`). `plain` is copied; the caller keeps it. */
   async seal(plain: Uint8Array): Promise<SealedChunk> {
     const copy = new Uint8Array(plain.length);
     copy.set(plain);
-    const r = await this.send({ kind: 'seal', plain: copy.buffer }, [copy.buffer]);
+    const r = await this.pool.request({ kind: 'seal', plain: copy.buffer }, [copy.buffer]);
     return { id: Buffer.from(r.id!), sealed: Buffer.from(r.sealed!) };
   }
 
@@ -158,45 +136,12 @@ export class SealPool {
     if (bytes.byteOffset !== 0 || bytes.byteLength !== bytes.buffer.byteLength) {
       bytes = Buffer.from(Uint8Array.prototype.slice.call(bytes).buffer);
     }
-    const r = await this.send({ kind: 'hash', bytes: bytes.buffer }, [bytes.buffer as ArrayBuffer]);
+    const r = await this.pool.request({ kind: 'hash', bytes: bytes.buffer }, [bytes.buffer as ArrayBuffer]);
     return { id: r.hashId!, md5: r.md5!, bytes: Buffer.from(r.bytes!) };
   }
 
   /** Stop the workers; jobs still waiting fail. */
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    for (const p of this.pending.values()) p.reject(new BulwarkError('ABORTED', 'seal pool closed'));
-    this.pending.clear();
-    await Promise.all(this.workers.map((w) => w.terminate()));
-  }
-
-  private send(msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<WorkerReply> {
-    if (this.failure) return Promise.reject(this.failure);
-    if (this.closed) return Promise.reject(new BulwarkError('ABORTED', 'seal pool closed'));
-    // the least loaded worker
-    let w = 0;
-    for (let i = 1; i < this.load.length; i++) if (this.load[i]! < this.load[w]!) w = i;
-    const seq = this.seq++;
-    this.load[w]!++;
-    return new Promise<WorkerReply>((resolve, reject) => {
-      this.pending.set(seq, { worker: w, resolve, reject });
-      this.workers[w]!.postMessage({ ...msg, seq }, transfer);
-    });
-  }
-
-  private onReply(worker: number, m: WorkerReply): void {
-    const p = this.pending.get(m.seq);
-    if (!p) return;
-    this.pending.delete(m.seq);
-    this.load[worker]!--;
-    if (m.error) p.reject(new BulwarkError('INTERNAL', `seal worker: ${m.error}`));
-    else p.resolve(m);
-  }
-
-  private fail(err: Error): void {
-    this.failure ??= err;
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
+  close(): Promise<void> {
+    return this.pool.close();
   }
 }
