@@ -2,6 +2,7 @@
  * The agent's pipelines end to end against the real S3 (RGW): real files, real chokidar watchers,
  * real LevelDB journals, real locked objects.
  */
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -34,6 +35,35 @@ describe('agent backup and restore against RGW', () => {
       expect(again.files).toBe(0);
       expect(again.errors.length).toBeGreaterThan(10);
       expect(again.errors.every((e) => /exists|in the way/.test(e.reason))).toBe(true);
+    } finally {
+      await agent.close();
+    }
+  });
+
+  it('a backup large enough for the seal workers and a restore through the write workers round-trip against RGW', async () => {
+    const { repo, lock } = await freshRepo('agent-workers');
+    const src = path.join(tmp, 'workers');
+    await fs.mkdir(path.join(src, 'small'), { recursive: true });
+    await fs.writeFile(path.join(src, 'random.bin'), randomBytes(20 * 1024 * 1024 + 333)); // > 8 MiB: the SealPool starts
+    await fs.writeFile(path.join(src, 'text.txt'), 'a line of compressible text for the zstd workers\n'.repeat(200_000));
+    for (let i = 0; i < 300; i++) await fs.writeFile(path.join(src, 'small', `f${i}`), randomBytes(1 + (i % 7) * 1000)); // ≥ 256 files: the WritePool too
+    const host = repo.host('host-w');
+    const agent = await AgentCore.open({ dataDir: path.join(tmp, 'workers-data'), hostname: 'w', host, roots: [src], watch: false });
+    try {
+      const b = await agent.backup({ lock, expiresAt: lock.retainUntil });
+      expect(b.skipped).toEqual([]);
+      expect(b.manifest.packs.length).toBeGreaterThan(1);
+      // every pack was stored whole (RGW checked the workers' Content-MD5), locked, and hashes to its id
+      for (const p of b.manifest.packs) {
+        const key = `hosts/host-w/data/${p.slice(0, 2)}/${p}`;
+        expect((await host.store.head(key)).lock?.retainUntil).toBeGreaterThanOrEqual(lock.retainUntil - 1000);
+        expect(createHash('sha256').update(await host.store.get(key)).digest('hex')).toBe(p);
+      }
+      const dst = path.join(tmp, 'workers-out');
+      const r = await agent.restore({ manifest: b.manifest, target: dst });
+      expect(r.errors).toEqual([]);
+      expect(r.files).toBe(302);
+      expect(await compareTrees(src, path.join(dst, src))).toEqual([]);
     } finally {
       await agent.close();
     }
