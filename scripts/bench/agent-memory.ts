@@ -247,8 +247,8 @@ function compile(build: string): string {
 }
 
 async function driver(): Promise<void> {
-  const { s3Env } = await import('./s3-env.js');
-  const { CreateBucketCommand, S3Client } = await import('@aws-sdk/client-s3');
+  const { rawS3Client, s3Env } = await import('./s3-env.js');
+  const { CreateBucketCommand } = await import('@aws-sdk/client-s3');
   if (!existsSync('/usr/bin/time')) throw new Error('/usr/bin/time missing: apt-get install -y time');
   const s3 = s3Env();
   mkdirSync(BASE, { recursive: true });
@@ -257,14 +257,7 @@ async function driver(): Promise<void> {
   const files = makeTree(root);
   console.log(`agent memory: T = ${FILES} files × 1 KiB in ${FILES / PER_DIR} dirs (${root}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s), S3 ${s3.endpoint}, watcher ${WATCH ? 'on' : 'off'}, node ${process.version} ${AGENT_FLAGS.join(' ')}`);
 
-  const client = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  const client = rawS3Client(s3);
   const bucket = `bench-mem-${Date.now().toString(36)}-${randomBytes(2).toString('hex')}`;
   await client.send(new CreateBucketCommand({ Bucket: bucket, ObjectLockEnabledForBucket: true }));
   const store = openS3Store({ endpoint: s3.endpoint, region: s3.region, bucket, prefix: 'repo', accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey });

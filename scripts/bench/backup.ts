@@ -51,10 +51,10 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { Repository } from '../../common/repo/repository.js';
 import { openS3Store } from '../../common/storage/open-store.js';
-import { s3Env } from './s3-env.js';
+import { rawS3Client, s3Env } from './s3-env.js';
 
 const MiB = 1024 * 1024;
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -413,14 +413,7 @@ async function run(s3: ReturnType<typeof s3Env>): Promise<void> {
     `T = ${T.files.length} files × 1 KiB in ${Math.ceil(TREE_FILES / PER_DIR)} dirs; generated in ${fmt((performance.now() - t0) / 1000)} s`);
 
   // buckets: locked ones for Bulwark, plain ones for restic and rclone
-  const client = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  const client = rawS3Client(s3);
   const stamp = `${Date.now().toString(36)}-${randomBytes(2).toString('hex')}`;
   let buckets = 0;
   const bucket = async (name: string, locked: boolean): Promise<string> => {

@@ -60,13 +60,13 @@ import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { mtlsCredentials } from '../../agent/identity.js';
 import type { AdminBundle } from '../../controller/controller.js';
 import { AdminServiceClient, type JobInfo } from '../../common/gen/bulwark/v1/admin.js';
 import { AgentServiceClient, type AgentMessage, type ControllerMessage, type EnrollResponse } from '../../common/gen/bulwark/v1/agent.js';
 import { createKeyAndCsr, decodeToken, fetchPinnedCa, fingerprint } from '../../common/pki.js';
-import { s3Env } from './s3-env.js';
+import { rawS3Client, s3Env } from './s3-env.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO_ROOT = path.resolve(HERE, '../..');
@@ -431,7 +431,7 @@ async function main(): Promise<void> {
     log(`controller benchmark: ${AGENTS} simulated agents, StartBackup ${CONCURRENCY} in flight, agents answer ${RESULT === 'ok' ? 'ok (empty snapshot id)' : 'failed'}; ${os.cpus().length} CPUs, node ${process.version}`);
     const s3 = s3Env();
     const bucket = `bulwark-ctlbench-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
-    const raw = new S3Client({ endpoint: s3.endpoint, region: s3.region, forcePathStyle: true, credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey } });
+    const raw = rawS3Client(s3);
     await raw.send(new CreateBucketCommand({ Bucket: bucket, ObjectLockEnabledForBucket: true }));
     raw.destroy();
 
