@@ -193,6 +193,9 @@ const commands: Record<string, (args: string[], o: Opts) => Promise<void>> = {
     out(o, { hostId: id.hostId, address: id.address }, () => `enrolled as ${id.hostId} with ${id.address}`);
   },
   async 'agent start'(_a, o) {
+    const tuning = await import('../agent/process-tuning.js');
+    tuning.tuneAgentHeap();
+    if (!tuning.agentProcessTuned()) process.stderr.write('note: started without the memory settings of bin/bulwark (see the README, "agent memory"); the agent uses more memory\n');
     const { enroll, loadIdentity, identityFile } = await import('../agent/identity.js');
     const { AgentSession } = await import('../agent/session.js');
     const dataDir = (o['data-dir'] as string) ?? '.bulwark/agent';

@@ -20,11 +20,13 @@
  *       /tmp/bulwark-agent-mem; T is generated once in BENCH_DIR/t-<files> and reused by later runs,
  *       the agent state is created afresh), BENCH_WAIT_MS (default 1000), BENCH_WATCH=0 (no
  *       watcher: the agent without chokidar, for comparison; the incremental is then a reconcile),
- *       BENCH_AGENT_FLAGS (node flags for the agent process, e.g. --max-semi-space-size=8),
+ *       BENCH_AGENT_FLAGS (more node flags for the agent process, e.g. --max-semi-space-size=8),
+ *       BENCH_UNTUNED=1 (the agent without bin/bulwark's memory settings, agent/process-tuning.ts),
  *       BENCH_RUNNER (compiled, the default, or tsx: `node --import tsx`, ~35 MB more RSS),
  *       BENCH_HEAP_SNAPSHOT=FILE (write a V8 heap snapshot after the full backup; with BENCH_HEAP_AT=N
  *       also one when the full backup has done N files, to FILE.at-N.heapsnapshot), BENCH_SMAPS=1
- *       (print resident memory by kind of mapping after the full backup, on stderr),
+ *       (print resident memory by kind of mapping after the full backup, on stderr), BENCH_ALLOC_PROF=1
+ *       (V8's sampling heap profiler over the full backup, garbage included: the top allocating functions),
  *       BULWARK_S3_* (the endpoint; when unset, `scripts/s3-local.sh up` is run).
  * Needs /usr/bin/time. S3 space: ~110 MB per run (T once, locked for BENCH_LOCK_SECONDS, default 600).
  * MB = 10^6 bytes.
@@ -38,6 +40,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import v8 from 'node:v8';
 import { AgentCore } from '../../agent/agent-core.js';
+import { AGENT_NODE_FLAGS, agentProcessEnv, tuneAgentHeap } from '../../agent/process-tuning.js';
 import { Repository } from '../../common/repo/repository.js';
 import type { ObjectLock } from '../../common/storage/blob-store.js';
 import { openS3Store } from '../../common/storage/open-store.js';
@@ -53,6 +56,8 @@ const LOCK_SECONDS = Number(process.env.BENCH_LOCK_SECONDS ?? 600);
 const WATCH = process.env.BENCH_WATCH !== '0';
 const RUNNER = process.env.BENCH_RUNNER ?? 'compiled';
 const AGENT_FLAGS = (process.env.BENCH_AGENT_FLAGS ?? '').split(' ').filter((f) => f !== '');
+/** The agent process starts as bin/bulwark starts `bulwark agent` (memory settings); BENCH_UNTUNED=1: Node's defaults. */
+const TUNED = process.env.BENCH_UNTUNED !== '1';
 const FILES = Math.max(20, Math.round(100_000 * SCALE));
 const PER_DIR = 100;
 const FILE_SIZE = 1024;
@@ -138,7 +143,37 @@ class Sampler {
   }
 }
 
+/**
+ * V8's sampling heap profiler, counting objects collected since (BENCH_ALLOC_PROF=1): where the
+ * garbage comes from. Returns a function that stops it and gives the top allocating functions.
+ */
+async function startAllocationSampling(): Promise<() => Promise<string>> {
+  const { Session } = await import('node:inspector');
+  const session = new Session();
+  session.connect();
+  const post = <T,>(method: string, params?: object): Promise<T> =>
+    new Promise((resolve, reject) => session.post(method, params, (err, r) => (err ? reject(err) : resolve(r as T))));
+  await post('HeapProfiler.startSampling', { samplingInterval: 16384, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+  return async () => {
+    interface Node { callFrame: { functionName: string; url: string; lineNumber: number }; selfSize: number; children: Node[] }
+    const { profile } = await post<{ profile: { head: Node } }>('HeapProfiler.stopSampling');
+    session.disconnect();
+    const by = new Map<string, number>();
+    let total = 0;
+    const walk = (n: Node): void => {
+      const f = n.callFrame;
+      const key = `${f.functionName || '(anonymous)'} ${f.url.replace(/^.*\/(build|node_modules)\//, '')}:${f.lineNumber + 1}`;
+      by.set(key, (by.get(key) ?? 0) + n.selfSize);
+      total += n.selfSize;
+      n.children.forEach(walk);
+    };
+    walk(profile.head);
+    return [`  total ${mb(total)} MB`, ...[...by].sort((x, y) => y[1] - x[1]).slice(0, 25).map(([k, v]) => `  ${mb(v).toFixed(1).padStart(8)} MB  ${k}`)].join('\n');
+  };
+}
+
 async function child(a: ChildArgs): Promise<void> {
+  if (TUNED) tuneAgentHeap(); // as `bulwark agent start` does
   const sampler = new Sampler();
   const env = (name: string): string => process.env[name] ?? (() => { throw new Error(`${name} is not set`); })();
   const store = openS3Store({
@@ -165,8 +200,10 @@ async function child(a: ChildArgs): Promise<void> {
       snapped = true;
       console.error(`heap snapshot at ${p.filesDone} files: ${v8.writeHeapSnapshot(`${process.env.BENCH_HEAP_SNAPSHOT ?? 'agent'}.at-${heapAt}.heapsnapshot`)}`);
     };
+    const allocations = process.env.BENCH_ALLOC_PROF ? await startAllocationSampling() : undefined;
     const full = await core.backup({ lock: a.lock, expiresAt: a.lock.retainUntil, onProgress }).then((r) => ({ files: r.manifest.stats.files, mode: Object.values(r.modes)[0] }));
     const fullSeconds = (performance.now() - t1) / 1000;
+    if (allocations) console.error(`allocations during the full backup (sampled, garbage included), by function:\n${await allocations()}`);
     const afterFull = memory();
     if (process.env.BENCH_SMAPS === '1') console.error(`smaps after the full backup: ${smapsSummary()}`);
     if (process.env.BENCH_HEAP_SNAPSHOT) v8.writeHeapSnapshot(process.env.BENCH_HEAP_SNAPSHOT);
@@ -176,6 +213,8 @@ async function child(a: ChildArgs): Promise<void> {
     await new Promise<void>((resolve) => rl.once('line', () => resolve()));
     rl.close();
     await new Promise((r) => setTimeout(r, a.waitMs));
+    // resetting VmHWM also resets the kernel's maximum RSS that /usr/bin/time reports: keep the peak so far
+    const peakBeforeReset = memory().peakMB;
     let peakReset = true;
     try {
       writeFileSync('/proc/self/clear_refs', '5'); // VmHWM := VmRSS, so the incremental's own peak can be read
@@ -204,6 +243,7 @@ async function child(a: ChildArgs): Promise<void> {
         beforeIncr,
         afterIncr,
         peakReset,
+        peakBeforeReset,
         sampledPeaks: sampler.peaks,
         heapLimitMB: mb(heap.heap_size_limit),
       })}\n`,
@@ -255,7 +295,7 @@ async function driver(): Promise<void> {
   const t0 = performance.now();
   const root = path.join(BASE, `t-${FILES}`);
   const files = makeTree(root);
-  console.log(`agent memory: T = ${FILES} files × 1 KiB in ${FILES / PER_DIR} dirs (${root}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s), S3 ${s3.endpoint}, watcher ${WATCH ? 'on' : 'off'}, node ${process.version} ${AGENT_FLAGS.join(' ')}`);
+  console.log(`agent memory: T = ${FILES} files × 1 KiB in ${FILES / PER_DIR} dirs (${root}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s), S3 ${s3.endpoint}, watcher ${WATCH ? 'on' : 'off'}, node ${process.version} ${TUNED ? `bin/bulwark's agent settings ${AGENT_NODE_FLAGS.join(' ')}` : 'untuned'} ${AGENT_FLAGS.join(' ')}`);
 
   const client = rawS3Client(s3);
   const bucket = `bench-mem-${Date.now().toString(36)}-${randomBytes(2).toString('hex')}`;
@@ -269,7 +309,7 @@ async function driver(): Promise<void> {
   rmSync(dataDir, { recursive: true, force: true });
   const args: ChildArgs = { bucket, dataDir, root, lock, waitMs: WAIT_MS, watch: WATCH };
   const env = {
-    ...process.env,
+    ...(TUNED ? agentProcessEnv(process.env) : process.env),
     BULWARK_S3_ENDPOINT: s3.endpoint,
     BULWARK_S3_ACCESS_KEY: s3.accessKeyId,
     BULWARK_S3_SECRET_KEY: s3.secretAccessKey,
@@ -281,13 +321,14 @@ async function driver(): Promise<void> {
   const out: string[] = [];
   const wall0 = performance.now();
   const code = await new Promise<number | null>((resolve, reject) => {
-    const c: ChildProcess = spawn('/usr/bin/time', ['-f', '%M %U %S', '-o', timeFile, process.execPath, ...AGENT_FLAGS, ...script, 'child', JSON.stringify(args)], {
+    const c: ChildProcess = spawn('/usr/bin/time', ['-f', '%M %U %S', '-o', timeFile, process.execPath, ...(TUNED ? AGENT_NODE_FLAGS : []), ...AGENT_FLAGS, ...script, 'child', JSON.stringify(args)], {
       cwd: REPO_ROOT,
       env,
       stdio: ['pipe', 'pipe', 'inherit'],
     });
     createInterface({ input: c.stdout! }).on('line', (line) => {
       out.push(line);
+      if (line !== 'READY' && !line.startsWith('@@RESULT ')) process.stderr.write(`  agent: ${line}\n`); // e.g. --trace-gc
       if (line === 'READY') {
         // 10 files get new content of the same size while the watcher runs
         for (let k = 0; k < CHANGED; k++) writeFileSync(files[Math.floor(((k + 0.5) * files.length) / CHANGED)]!, randomBytes(FILE_SIZE));
@@ -315,6 +356,7 @@ async function driver(): Promise<void> {
     beforeIncr: Mem;
     afterIncr: Mem;
     peakReset: boolean;
+    peakBeforeReset: number;
     sampledPeaks: Record<string, { rssMB: number; heapUsedMB: number; heapTotalMB: number; externalMB: number; arrayBuffersMB: number }>;
     heapLimitMB: number;
   };
@@ -325,9 +367,10 @@ async function driver(): Promise<void> {
   for (const [phase, p] of Object.entries(r.sampledPeaks)) {
     console.log(`    sampled every 100 ms, highest RSS during ${phase}: ${p.rssMB} MB with heap ${p.heapUsedMB}/${p.heapTotalMB} MB, external ${p.externalMB} MB (array buffers ${p.arrayBuffersMB} MB)`);
   }
-  const peakMB = mb(kib! * 1024);
-  console.log(`  whole agent process: peak RSS ${peakMB} MB (/usr/bin/time), CPU ${(user! + sys!).toFixed(1)} s, wall ${wall.toFixed(1)} s; V8 heap limit ${r.heapLimitMB} MB`);
-  console.log(JSON.stringify({ treeFiles: FILES, watch: WATCH, flags: AGENT_FLAGS, peakMB, ...r }));
+  // /usr/bin/time's figure only covers the time after the VmHWM reset: the whole peak is the larger of the two
+  const peakMB = Math.max(mb(kib! * 1024), r.peakBeforeReset);
+  console.log(`  whole agent process: peak RSS ${peakMB} MB (VmHWM before the incremental's reset, /usr/bin/time after it), CPU ${(user! + sys!).toFixed(1)} s, wall ${wall.toFixed(1)} s; V8 heap limit ${r.heapLimitMB} MB`);
+  console.log(JSON.stringify({ treeFiles: FILES, watch: WATCH, tuned: TUNED, flags: AGENT_FLAGS, peakMB, ...r }));
 }
 
 if (process.argv[2] === 'child') {

@@ -21,6 +21,7 @@ import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { AgentCore } from '../../agent/agent-core.js';
 import type { BackupProgress } from '../../agent/backup/backup.js';
+import { tuneAgentHeap } from '../../agent/process-tuning.js';
 import { Repository } from '../../common/repo/repository.js';
 import type { SnapshotManifest } from '../../common/repo/snapshot.js';
 import type {
@@ -254,6 +255,7 @@ async function timedBackup(core: AgentCore, counting: CountingStore, lock: Objec
 }
 
 async function main(): Promise<void> {
+  if (process.env.BENCH_UNTUNED !== '1') tuneAgentHeap(); // as `bulwark agent start` does
   const [op, json] = process.argv.slice(2);
   if (!op || !json) throw new Error('usage: backup-agent.ts full|watched|restore <json args>');
   const a = JSON.parse(json) as Args;
@@ -293,11 +295,12 @@ async function main(): Promise<void> {
       await new Promise<void>((resolve) => rl.once('line', () => resolve()));
       rl.close();
       await sleep(a.waitMs ?? 1000); // chokidar's events, then the watcher's 150 ms flush
+      const beforeReset = memory(); // the reset also clears the maximum RSS that /usr/bin/time reports
       const peakReset = resetPeak();
       const before = memory();
       const incr = await timedBackup(core, counting, a.lock!);
       const afterIncr = memory();
-      result({ op, openSeconds, memAfterOpen: afterOpen, full: full.out, memAfterFull: afterFull, incr: incr.out, memBeforeIncr: before, memAfterIncr: afterIncr, incrPeakIsPhaseOnly: peakReset });
+      result({ op, openSeconds, memAfterOpen: afterOpen, full: full.out, memAfterFull: afterFull, incr: incr.out, memBeforeReset: beforeReset, memBeforeIncr: before, memAfterIncr: afterIncr, incrPeakIsPhaseOnly: peakReset });
     } finally {
       await core.close();
     }

@@ -38,6 +38,7 @@
  *      (Bulwark's S3 requests in flight; default: openS3Store's), BENCH_PROF=1 (write V8 CPU
  *      profiles of the agent processes to BENCH_PROF_DIR, default /tmp/bulwark-bench-prof),
  *      BENCH_AGENT_FLAGS (extra node flags for the agent processes, for experiments),
+ *      BENCH_UNTUNED=1 (agent processes without bin/bulwark's memory settings, agent/process-tuning.ts),
  *      BULWARK_S3_* (the endpoint; when unset, `scripts/s3-local.sh up` is run and its output used).
  * Needs /usr/bin/time (apt-get install time), restic, rclone.
  * S3 space: about 3 × A (Bulwark, restic, rclone) + 2 × T (+ 1 × T when the crash above forces
@@ -45,6 +46,7 @@
  * objects are locked); the rclone objects are deleted.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { AGENT_NODE_FLAGS, agentProcessEnv } from '../../agent/process-tuning.js';
 import { createHash, randomBytes, randomFillSync } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -73,6 +75,8 @@ const RUNNER = process.env.BENCH_RUNNER ?? 'compiled';
 if (RUNNER !== 'compiled' && RUNNER !== 'tsx') throw new Error(`BENCH_RUNNER must be compiled or tsx, got ${RUNNER}`);
 const BUILD = path.join(BASE, 'build');
 const AGENT_FLAGS = (process.env.BENCH_AGENT_FLAGS ?? '').split(' ').filter((f) => f !== '');
+/** Agent processes start as bin/bulwark starts `bulwark agent` (memory settings); BENCH_UNTUNED=1: Node's defaults. */
+const TUNED = process.env.BENCH_UNTUNED !== '1';
 const RESTIC_PASSWORD = 'bulwark bench restic password';
 const CHANGED = 10;
 const SAMPLE = 50;
@@ -293,6 +297,8 @@ interface AgentResult {
   memAfterOpen?: Mem;
   full?: AgentBackup;
   memAfterFull?: Mem;
+  /** Peak before the incremental's VmHWM reset (the reset also clears what /usr/bin/time reports). */
+  memBeforeReset?: Mem;
   incr?: AgentBackup;
   memBeforeIncr?: Mem;
   memAfterIncr?: Mem;
@@ -316,7 +322,7 @@ function compileAgent(): void {
 async function runAgent(op: string, args: Record<string, unknown>, env: NodeJS.ProcessEnv, onReady?: () => void, nodeFlags: string[] = []): Promise<{ t: Timed; r: AgentResult }> {
   const script = RUNNER === 'compiled' ? [path.join(BUILD, path.relative(REPO_ROOT, AGENT).replace(/\.ts$/, '.js'))] : ['--import', 'tsx', AGENT];
   const node = [...nodeFlags, ...(PROF ? ['--cpu-prof', '--cpu-prof-dir', PROF_DIR, '--cpu-prof-name', `${op}-${Date.now()}.cpuprofile`] : []), ...script, op, JSON.stringify(args)];
-  const t = await runTimed(process.execPath, node, env, (line, child) => {
+  const t = await runTimed(process.execPath, TUNED ? [...AGENT_NODE_FLAGS, ...node] : node, TUNED ? agentProcessEnv(env) : env, (line, child) => {
     if (line === 'READY') {
       onReady?.();
       child.stdin!.write('go\n');
@@ -507,6 +513,7 @@ async function run(s3: ReturnType<typeof s3Env>): Promise<void> {
     () => void changeFiles(T, CHANGED, 7),
   );
   const w = watched.r;
+  watched.t.peakMB = Math.max(watched.t.peakMB, w.memBeforeReset?.peakMB ?? 0);
   const wf = w.full!;
   const wi = w.incr!;
   log(`  Bulwark: agent process ${fmt(watched.t.wall, 2)} s wall; open repo + agent incl. chokidar ready on T ${fmt(w.openSeconds, 2)} s (RSS after open ${w.memAfterOpen?.rssMB} MB)`);
