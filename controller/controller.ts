@@ -240,7 +240,12 @@ export class Controller {
     this.sessions.set(host.id, session);
     await this.touchHost(host.id);
     this.log(`session open: ${host.id}`);
-    call.on('data', (msg: AgentMessage) => void this.onAgentMessage(session, msg).catch((err) => this.log(`${host.id}: ${asBulwarkError(err).message}`)));
+    // one message at a time, in order: handled concurrently, a job's last progress report could read
+    // the job before its result was written and then write it back as 'running' over 'succeeded'
+    let handled: Promise<void> = Promise.resolve();
+    call.on('data', (msg: AgentMessage) => {
+      handled = handled.then(() => this.onAgentMessage(session, msg)).catch((err) => this.log(`${host.id}: ${asBulwarkError(err).message}`));
+    });
     const closed = () => {
       if (this.sessions.get(host.id) !== session) return;
       this.sessions.delete(host.id);

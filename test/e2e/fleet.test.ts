@@ -13,7 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ListObjectVersionsCommand } from '@aws-sdk/client-s3';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFailed } from 'vitest';
 import { compareTrees, mutate, rng } from '../helpers/fs-tree.js';
 import { createLockedBucket, rawClient, s3Config, sleep } from '../helpers/s3.js';
 
@@ -28,10 +28,18 @@ afterAll(async () => {
   await fs.rm(tmp, { recursive: true, force: true });
 });
 
+/** stderr of each daemon started, by name */
+const logs = new Map<string, string>();
+
+/** A daemon, started the way users start it: through bin/bulwark (the agent gets its memory settings there). */
 function start(args: string[], name: string, env: Record<string, string> = {}): ChildProcess {
-  const p = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const PATH = `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}`; // bin/bulwark runs `node`: this one
+  const p = spawn(path.join(root, 'bin/bulwark'), args, { env: { ...process.env, ...env, PATH }, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
-  p.stderr!.on('data', (d) => (log += d));
+  p.stderr!.on('data', (d) => {
+    log += d;
+    logs.set(name, log);
+  });
   p.on('exit', (code) => {
     if (code && code !== 0) process.stderr.write(`${name} exited ${code}:\n${log}\n`);
   });
@@ -47,8 +55,9 @@ async function cli(args: string[], opts: { expectFail?: boolean } = {}): Promise
     p.stdout.on('data', (d) => (stdout += d));
     p.stderr.on('data', (d) => (stderr += d));
     p.on('error', reject);
-    p.on('exit', (code) => {
-      if (!opts.expectFail && code !== 0) return reject(new Error(`bulwark ${args.join(' ')} → ${code}: ${stderr}`));
+    p.on('close', (code) => {
+      // 'close', not 'exit': the output is read to its end
+      if (!opts.expectFail && code !== 0) return reject(new Error(`bulwark ${args.join(' ')} → ${code}: ${stderr}${stdout}`));
       let json;
       try {
         json = JSON.parse(stdout);
@@ -72,6 +81,10 @@ async function until<T>(what: string, fn: () => Promise<T | undefined | false>, 
 
 describe('fleet end to end', () => {
   it('two agents, every 5s, retention 30s: backups, expiry, grooming, 100 % audit, cross-host and point-in-time restore', async () => {
+    // on failure (a timeout included), what the daemons said
+    onTestFailed(() => {
+      for (const [name, log] of logs) process.stderr.write(`--- ${name} (last 4,000 characters of stderr):\n${log.slice(-4000)}\n`);
+    });
     const s3 = s3Config();
     const bucket = await createLockedBucket(rawClient(s3), 'fleet');
     await fs.writeFile(path.join(tmp, 'pass'), 'e2e recovery passphrase\n');
@@ -101,6 +114,10 @@ describe('fleet end to end', () => {
       return r.json.length === 2 && r.json.every((h: any) => Number(h.lastBackupMs) > 0) && r.json;
     }, 90_000);
     const idOf = (name: string) => hosts.find((h: any) => h.hostname === name).hostId as string;
+    for (const name of ['alpha', 'beta']) {
+      expect(logs.get(`agent ${name}`)).toContain('connecting to');
+      expect(logs.get(`agent ${name}`)).not.toContain('without the memory settings');
+    }
 
     // ~60 s of mutations on alpha; audit after each round
     const rand = rng(7);

@@ -2,13 +2,13 @@
  * Hostile input at the controller, over real gRPC + TLS on loopback: wrong, reused and expired
  * enrollment tokens, unenrolled and foreign clients, a host reporting another host's job, a host
  * calling the admin API, a revoked host, and a garbage CSR. Each gets a clear error and the
- * controller keeps serving.
+ * controller keeps serving. Also: one agent's messages are handled in the order they came.
  */
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { enroll, mtlsCredentials } from '../../agent/identity.js';
 import { AdminServiceClient } from '../../common/gen/bulwark/v1/admin.js';
 import { AgentServiceClient, type ControllerMessage } from '../../common/gen/bulwark/v1/agent.js';
@@ -117,6 +117,44 @@ describe('hostile input at the controller', () => {
     s.end();
     client.close();
     await health();
+  });
+
+  it('progress reports sent just before a result do not turn the finished job back to running', async () => {
+    // found by the fleet e2e test: a one-file restore sends its progress and its result within
+    // milliseconds; handled concurrently, the progress handler wrote 'running' over 'succeeded'
+    const a = await enroll(path.join(tmp, 'ord'), await token(), 'ord');
+    const client = new AgentServiceClient(a.address, mtlsCredentials(a));
+    const s = client.session();
+    s.on('data', (_m: ControllerMessage) => undefined);
+    s.on('error', () => undefined);
+    s.write({ body: { $case: 'hello', value: { agentVersion: 't', hostname: 'ord', lastSnapshotId: '' } } });
+    const ids = Array.from({ length: 10 }, (_, i) => `restore-job-${i}`);
+    for (const id of ids) {
+      const now = Date.now();
+      await c.catalog.jobs.put(id, { id, hostId: a.hostId, kind: 'restore', state: 'dispatched', created: now, updated: now });
+    }
+    // reads of jobs take a random 0-20 ms (a busy disk or thread pool), so that handlers running
+    // side by side would interleave
+    const get = c.catalog.get.bind(c.catalog);
+    c.catalog.get = (async (sub: unknown, key: string) => {
+      if (key.startsWith('restore-job-')) await new Promise((r) => setTimeout(r, Math.random() * 20));
+      return get(sub as never, key);
+    }) as typeof c.catalog.get;
+    onTestFinished(() => {
+      c.catalog.get = get;
+    });
+    const progress = { filesDone: 1n, bytesDone: 6n, filesTotal: 1n, bytesTotal: 6n, bytesUploaded: 0n, currentPath: 'hello.txt', phase: 'restoring' };
+    for (const jobId of ids) {
+      for (let k = 0; k < 5; k++) s.write({ body: { $case: 'progress', value: { jobId, progress } } });
+      s.write({ body: { $case: 'result', value: { jobId, ok: true, snapshotId: 'ee'.repeat(32), issues: [], files: 1n, bytes: 6n, error: undefined } } });
+    }
+    const states = async () => Promise.all(ids.map(async (id) => (await c.catalog.get(c.catalog.jobs, id))!.state));
+    const end = Date.now() + 5_000;
+    while (Date.now() < end && (await states()).some((st) => st !== 'succeeded')) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 300)); // and they stay so
+    expect(await states()).toEqual(ids.map(() => 'succeeded'));
+    s.end();
+    client.close();
   });
 
   it('malformed protobuf bytes are refused and the controller keeps serving', async () => {
