@@ -15,14 +15,16 @@
  * bytes and a hashed pack are moved back.
  *
  * The workers run plain JavaScript from a source string (`eval`), so they start the same way under
- * tsx, compiled JS and vitest. The format rules they apply are this module's constants and
- * compress.ts's (ZSTD_LEVEL, worthCompressing), and a unit test checks that what they produce
- * opens with pack.ts openBlob and equals the main-thread sealBlob's choices.
+ * tsx, compiled JS and vitest. The format rules they apply are compress.ts's (ZSTD_PARAMS, the
+ * probe, MIN_SAVING_SHIFT), and a unit test checks that what they produce opens with pack.ts
+ * openBlob and equals the main-thread sealBlob's choices. A worker compresses into a scratch buffer
+ * of its own (zstd's output does not depend on the room it is given, as long as it is the bound)
+ * and encrypts from there.
  */
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { WorkerPool } from '../worker-pool.js';
-import { MIN_SAVING_SHIFT, PROBE_FROM, SAMPLE_BYTES, ZSTD_LEVEL } from './compress.js';
+import { MIN_SAVING_SHIFT, PROBE_FROM, SAMPLE_BYTES, ZSTD_PARAMS } from './compress.js';
 import { NONCE_BYTES, TAG_BYTES } from './crypto.js';
 import type { HostKeys } from './keys.js';
 
@@ -48,16 +50,28 @@ export interface PackHashes {
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createCipheriv, createHash, createHmac, randomFillSync } = require('node:crypto');
-const zstd = require(workerData.zstdPath);
-const compressor = new zstd.Compressor();
-compressor.setParameters({ compressionLevel: ${ZSTD_LEVEL} });
+// zstd-napi's native binding: a compression context with compress.ts's parameters (numbers, by
+// name), and compress2 into a buffer of our own
+const { CCtx, CParameter, compressBound } = require(workerData.zstdBindingPath);
+const cctx = new CCtx();
+for (const [name, value] of Object.entries(workerData.zstdParams)) {
+  if (CParameter[name] === undefined || typeof value !== 'number') throw new Error('zstd parameter ' + name + ': ' + value);
+  cctx.setParameter(CParameter[name], value);
+}
 const idKey = Buffer.from(workerData.idKey);
 const encKey = Buffer.from(workerData.encKey);
+// zstd writes into this buffer (grown to the bound of the largest input, kept): Compressor.compress
+// would allocate compressBound(input) per chunk and copy the result out of it
+let scratch = Buffer.alloc(0);
+function zstdLength(input) {
+  const need = compressBound(input.length);
+  if (scratch.length < need) scratch = Buffer.allocUnsafeSlow(need);
+  return cctx.compress2(scratch, input);
+}
 function probe(plain) {
   const S = ${SAMPLE_BYTES}, last = plain.length - S;
   for (const at of [0, Math.floor(last / 2), last]) {
-    const z = compressor.compress(plain.subarray(at, at + S));
-    if (z.length + (S >> ${MIN_SAVING_SHIFT}) < S) return true;
+    if (zstdLength(plain.subarray(at, at + S)) + (S >> ${MIN_SAVING_SHIFT}) < S) return true;
   }
   return false;
 }
@@ -69,9 +83,9 @@ parentPort.on('message', (m) => {
       let packed = false;
       let body = plain;
       if (plain.length < ${PROBE_FROM} || probe(plain)) {
-        const z = compressor.compress(plain);
-        packed = z.length + (plain.length >> ${MIN_SAVING_SHIFT}) < plain.length;
-        if (packed) body = z;
+        const n = zstdLength(plain);
+        packed = n + (plain.length >> ${MIN_SAVING_SHIFT}) < plain.length;
+        if (packed) body = scratch.subarray(0, n); // encrypted out of the scratch buffer below
       }
       const out = Buffer.allocUnsafeSlow(${NONCE_BYTES} + 1 + body.length + ${TAG_BYTES});
       const nonce = out.subarray(0, ${NONCE_BYTES});
@@ -111,8 +125,12 @@ export class SealPool {
   private readonly pool: WorkerPool<WorkerReply>;
 
   constructor(keys: HostKeys, o: SealPoolOptions = {}) {
-    const zstdPath = createRequire(import.meta.url).resolve('zstd-napi');
-    const workerData = { zstdPath, idKey: new Uint8Array(keys.id), encKey: new Uint8Array(keys.enc) };
+    const workerData = {
+      zstdBindingPath: createRequire(import.meta.url).resolve('zstd-napi/binding'),
+      zstdParams: { ...ZSTD_PARAMS },
+      idKey: new Uint8Array(keys.id),
+      encKey: new Uint8Array(keys.enc),
+    };
     this.pool = new WorkerPool<WorkerReply>(WORKER_SOURCE, workerData, o.workers ?? Math.min(4, os.availableParallelism()), 'seal');
   }
 

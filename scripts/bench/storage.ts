@@ -9,7 +9,11 @@
  *       own, and the same pipeline in 2 worker threads on the two halves of the data (both cores);
  *       then the backup's own write path, agent/backup/packer.ts: chunks (main thread) submitted to
  *       the Packer, sealed inline or by its SealPool (1, 2 workers), packed, hashed (SHA-256 id and
- *       Content-MD5) and handed to a bucket that drops pack bodies.
+ *       Content-MD5) and handed to a bucket that drops pack bodies. Compressible data comes twice:
+ *       synthetic text (generateText, the same every run) and real text (realText: text files of
+ *       this machine, different from machine to machine), each through the one-core pipeline and
+ *       the Packer (no workers, 2 workers), with its compression ratio. "MB per CPU-s" (bytes over
+ *       this process's CPU time, all threads) compares runs on a machine others are using too.
  *   (b) uploading 16 MiB packs to S3 (the local Ceph RGW by default) with S3Store.put and a
  *       COMPLIANCE lock, 4 and 8 in flight, against `rclone copy` of the same packs as files.
  *
@@ -18,11 +22,12 @@
  * nothing; the last line is one JSON object.
  *
  * Run: npm run bench:storage [-- MiB [packs]]   or   npx tsx scripts/bench/storage.ts [MiB [packs]]
- * Env: BENCH_MIB (pipeline data, default 512), BENCH_PACKS (packs uploaded per pass, default 64),
+ * Env: BENCH_MIB (pipeline data, default 512), BENCH_PACKS (packs uploaded per pass, default 64;
+ *      0 skips (b), and with it S3),
  *      BENCH_LOCK_SECONDS (retention of the uploaded packs, default 600), BULWARK_S3_* (the S3
  *      endpoint; when unset, `scripts/s3-local.sh up` is run and its output used).
  *
- * Memory: the text is generated and run first and dropped before the random data (a
+ * Memory: the texts are made and run first, one after the other, and dropped before the random data (a
  * SharedArrayBuffer, shared with the workers without a copy, later also the pack bodies) is
  * made, so about MiB + 300 MiB at the peak. The rclone side writes packs × 16 MiB of files to a
  * temp dir, removed afterwards.
@@ -36,7 +41,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes, randomFillSync } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -240,11 +245,15 @@ const cpuNote = (cpuMs: number, ms: number): string => `cpu ${(cpuMs / ms).toFix
 /** "cpu 0.98 of machine 1.97": this process's cores, and all processes' (others' work shows here). */
 const cpuNotes = (t: { cpuMs: number; machineMs: number; ms: number }): string =>
   `${cpuNote(t.cpuMs, t.ms)}${Number.isFinite(t.machineMs) ? ` of machine ${(t.machineMs / t.ms).toFixed(2)}` : ''}`;
+/** "; 190 MB per CPU-s": bytes over this process's CPU time (all threads), comparable on a busy machine. */
+const perCpu = (bytes: number, t: { cpuMs: number }): string => `; ${fmt(bytes / 1e3 / t.cpuMs).trim()} MB per CPU-s`;
 const load = (): string => os.loadavg().map((x) => x.toFixed(1)).join(' ');
 
 /**
- * Text that zstd (level 3) compresses about 4-5×: lines of phrases (1-4 words each) drawn uniformly
- * from 8192 phrases over a vocabulary of 8192 random lower-case words of 2-10 letters.
+ * Synthetic text: lines of phrases (1-4 words each) drawn uniformly from 8192 phrases over a
+ * vocabulary of 8192 random lower-case words of 2-10 letters. Harder for a fast LZ than real text:
+ * no locality, every match is a phrase somewhere in a ~200 KB phrase book (ZSTD_PARAMS: 3.5×,
+ * zstd level 3: 4.4×, level 1: 2.7×; real text does not fall off like that, see realText).
  */
 function generateText(size: number): Uint8Array {
   const V = 8192;
@@ -287,6 +296,74 @@ function generateText(size: number): Uint8Array {
     o += n;
   }
   return out;
+}
+
+/** Where realText looks: this repository's dependencies, then what most Linux machines have. */
+const TEXT_SOURCES = [fileURLToPath(new URL('../../node_modules', import.meta.url)), '/usr/share/doc', '/usr/include', '/usr/share/perl', '/usr/lib/python3'];
+/** Names of files that are compressed or binary already. */
+const NOT_TEXT = /\.(gz|xz|bz2|zst|zip|jar|png|jpe?g|gif|ico|woff2?|ttf|node|so(\.\d+)*|a|o|wasm|pyc|mo)$/i;
+
+function* filesUnder(dir: string): Generator<string> {
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) yield* filesUnder(p);
+    else if (e.isFile() && !NOT_TEXT.test(e.name)) yield p;
+  }
+}
+
+/**
+ * Real text, up to `size` bytes: the text files (no NUL byte in their first 4 KiB) under
+ * TEXT_SOURCES, one file from each source in turn, each distinct content once (a repeated file
+ * would deduplicate in the Packer). Source code, docs, licences and changelogs, JSON: what a
+ * backup of a developer's machine or a server's /usr and /etc is made of. Its size and ratio
+ * depend on the machine; the bench prints both.
+ */
+function realText(size: number): { data: Uint8Array; files: number; sources: string[] } {
+  const out = Buffer.allocUnsafe(size);
+  const seen = new Set<string>();
+  const head = Buffer.alloc(4096);
+  const iters = TEXT_SOURCES.filter((d) => existsSync(d)).map((d) => ({ dir: d, it: filesUnder(d), used: 0 }));
+  let at = 0;
+  let files = 0;
+  for (let live = iters.length; live > 0 && at < size; ) {
+    live = 0;
+    for (const src of iters) {
+      if (at >= size) break;
+      for (let r = src.it.next(); !r.done; r = src.it.next()) {
+        let body: Buffer;
+        try {
+          const fd = openSync(r.value, 'r');
+          try {
+            if (head.subarray(0, readSync(fd, head, 0, head.length, 0)).includes(0)) continue;
+          } finally {
+            closeSync(fd);
+          }
+          body = readFileSync(r.value);
+        } catch {
+          continue;
+        }
+        if (body.length === 0 || body.includes(0)) continue;
+        const h = createHash('sha256').update(body).digest('base64');
+        if (seen.has(h)) continue;
+        seen.add(h);
+        const n = Math.min(body.length, size - at);
+        body.copy(out, at, 0, n);
+        at += n;
+        files++;
+        src.used += n;
+        live++;
+        break;
+      }
+    }
+  }
+  const sources = iters.filter((s) => s.used > 0).map((s) => `${s.dir} ${(s.used / MiB).toFixed(0)} MiB`);
+  return { data: out.subarray(0, at), files, sources };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -527,6 +604,97 @@ async function runPacker(data: Uint8Array, workers: number): Promise<{ ms: numbe
   return { ms, cpuMs: (cpu.user + cpu.system) / 1000, machineMs: (machineBusyMs() ?? NaN) - m0, packs: packer.uploaded.length };
 }
 
+/** (b): uploads of `packCount` 16 MiB packs cut from the random data, ours against rclone; figures into `result`. */
+async function uploadPart(sab: SharedArrayBuffer, size: number, packCount: number, lockSeconds: number, result: Record<string, number | null>): Promise<void> {
+  fullGc();
+  const s3 = s3Env();
+  // the SDK's "node >= 22 from 2027" notice would land in the middle of the figures
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+  const local = localCluster(s3.endpoint);
+  const total = packCount * PACK_BYTES;
+  const bodies: Buffer[] = [];
+  for (let off = 0; off + PACK_BYTES <= size; off += PACK_BYTES) bodies.push(Buffer.from(sab, off, PACK_BYTES));
+  console.log(`(b) upload of ${packCount} packs of 16 MiB (${(total / MiB).toFixed(0)} MiB, bodies cut from the random data) to ${s3.endpoint}, load ${load()}`);
+
+  const lockedBucket = bucketName('lock');
+  const store = new S3Store(storeOptions(s3, lockedBucket));
+  try {
+    const old = await removeOldBenchBuckets(s3, store.client);
+    if (local) rgwGc(local);
+    if (old.removed + old.kept > 0) console.log(`  earlier runs' buckets: ${old.removed} removed, ${old.kept} kept (still locked, or less than 15 min old)`);
+    const avail = local ? osdAvailable(local) : undefined;
+    // rclone runs first, one copy at a time, each purged and collected before the next; then the
+    // 2 locked passes, which stay: at most 2 × total on the OSD, plus room for everybody else
+    const need = 2 * total + 768 * MiB;
+    if (avail !== undefined && avail < need) {
+      console.log(
+        `  SKIPPED: the local OSD has ${(avail / GiB).toFixed(1)} GiB free, the upload part needs ${(need / GiB).toFixed(1)} GiB ` +
+          `(wait until earlier runs' locks end, then run again; or pass fewer packs)`,
+      );
+    } else {
+      if (avail !== undefined) console.log(`  local OSD: ${(avail / GiB).toFixed(1)} GiB free`);
+
+      const dir = mkdtempSync(path.join(os.tmpdir(), 'bulwark-bench-'));
+      try {
+        // fsync'd, so that the first rclone run does not pay for the writeback of the files
+        const wf = time(() => {
+          for (let i = 0; i < packCount; i++) {
+            const fd = openSync(path.join(dir, `pack-${String(i).padStart(5, '0')}`), 'w');
+            try {
+              const body = bodies[i % bodies.length]!;
+              for (let off = 0; off < body.length; ) off += writeSync(fd, body, off);
+              fsyncSync(fd);
+            } finally {
+              closeSync(fd);
+            }
+          }
+        });
+        const version = spawnSync('env', ['-u', 'AWS_CA_BUNDLE', 'rclone', 'version'], { encoding: 'utf8' }).stdout?.split('\n')[0] ?? 'rclone';
+        console.log(`  ${version}; the packs written as files to ${dir} in ${(wf.ms / 1000).toFixed(2)} s`);
+        const variants: Array<[string, string, string[]]> = [
+          ['rclone_MBps', 'rclone --transfers 4 --s3-upload-cutoff 200M', ['--transfers', '4', '--s3-upload-cutoff', '200M']],
+          ['rclone_default_MBps', 'rclone, default settings', []],
+          ['rclone_8_MBps', 'rclone --transfers 8 --s3-upload-cutoff 200M', ['--transfers', '8', '--s3-upload-cutoff', '200M']],
+        ];
+        for (const [key, label, extra] of variants) {
+          const bucket = bucketName('rclone');
+          const plain = new S3Store(storeOptions(s3, bucket));
+          await plain.client.send(new CreateBucketCommand({ Bucket: bucket }));
+          try {
+            const m0 = cpuMark(local);
+            const r = await runRclone(['copy', dir, `:s3:${bucket}/x`, ...rcloneArgs(s3), ...extra]);
+            const m1 = cpuMark(local);
+            const got = await countObjects(plain, 'x/');
+            result[key] = line(label, total, r.ms, uploadNote(r, m0, m1, `; ${got.n} objects, ${(got.bytes / MiB).toFixed(0)} MiB`));
+            if (key === 'rclone_MBps') result.rclone_cpu_s_per_GiB = round2(r.cpuMs / 1000 / (total / GiB));
+          } finally {
+            await runRclone(['purge', `:s3:${bucket}`, ...rcloneArgs(s3)]).catch((err: Error) => console.log(`  (could not purge ${bucket}: ${err.message})`));
+            if (local) rgwGc(local);
+            plain.client.destroy();
+          }
+        }
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+
+      await store.client.send(new CreateBucketCommand({ Bucket: lockedBucket, ObjectLockEnabledForBucket: true }));
+      await store.put('warmup', Buffer.alloc(1024), { lock: { mode: 'COMPLIANCE', retainUntil: Date.now() + lockSeconds * 1000 } });
+      for (const inFlight of [4, 8]) {
+        const m0 = cpuMark(local);
+        const r = await uploadPacks(store, bodies, packCount, inFlight, `c${inFlight}`, lockSeconds);
+        const m1 = cpuMark(local);
+        result[inFlight === 4 ? 'upload_MBps' : 'upload_8_MBps'] = line(`S3Store.put, ${inFlight} in flight, COMPLIANCE lock`, total, r.ms, uploadNote(r, m0, m1));
+        if (inFlight === 4) result.upload_cpu_s_per_GiB = round2(r.cpuMs / 1000 / (total / GiB));
+      }
+      const stored = await countObjects(store, layout.dataPrefix(HOST));
+      console.log(`  bucket ${lockedBucket}: ${stored.n} packs, ${(stored.bytes / MiB).toFixed(0)} MiB, locked for ${lockSeconds} s`);
+    }
+  } finally {
+    store.client.destroy();
+  }
+  if (result.upload_MBps && result.rclone_MBps) console.log(`  ours / rclone (4 in flight each) = ${(result.upload_MBps / result.rclone_MBps).toFixed(2)}`);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Main
 
@@ -534,7 +702,7 @@ async function main(): Promise<void> {
   const sizeMiB = Math.floor(Number(process.argv[2] ?? process.env.BENCH_MIB ?? 512));
   const packCount = Math.floor(Number(process.argv[3] ?? process.env.BENCH_PACKS ?? 64));
   const lockSeconds = Number(process.env.BENCH_LOCK_SECONDS ?? 600);
-  if (!(sizeMiB >= 64) || !(packCount >= 1) || !(lockSeconds >= 1)) throw new Error('usage: storage.ts [MiB >= 64] [packs >= 1]');
+  if (!(sizeMiB >= 64) || !(packCount >= 0) || !(lockSeconds >= 1)) throw new Error('usage: storage.ts [MiB >= 64] [packs >= 0 (0: no upload part)]');
   const size = sizeMiB * MiB;
   console.log(`storage bench: node ${process.version}, ${os.cpus()[0]?.model ?? '?'} × ${os.availableParallelism()}, load ${load()}; MB = 10^6 bytes`);
 
@@ -556,7 +724,26 @@ async function main(): Promise<void> {
   // the backup's own path on text: zstd is the bottleneck there, so this is where the workers matter most
   await runPacker(text.subarray(0, 32 * MiB), 2); // warm up
   const textPacker2 = await runPacker(text, 2);
+  const textPacker0 = await runPacker(text, 0); // one core, as the backup without workers: all the work, MD5 included
   text = undefined;
+  await settle();
+
+  // real text: the same two paths
+  let real: ReturnType<typeof realText> | undefined = realText(size);
+  const realBytes = real.data.length;
+  const realFiles = real.files;
+  const realSources = real.sources;
+  let realRun: ReturnType<typeof time<PipelineResult>> | undefined;
+  let realPacker2: Awaited<ReturnType<typeof runPacker>> | undefined;
+  let realPacker0: Awaited<ReturnType<typeof runPacker>> | undefined;
+  if (realBytes >= 32 * MiB) {
+    runPipeline(real.data.subarray(0, 32 * MiB), s); // warm up
+    realRun = time(() => runPipeline(real!.data, s));
+    await runPacker(real.data.subarray(0, 32 * MiB), 2); // warm up
+    realPacker2 = await runPacker(real.data, 2);
+    realPacker0 = await runPacker(real.data, 0);
+  }
+  real = undefined;
   await settle();
 
   const sab = new SharedArrayBuffer(size);
@@ -650,7 +837,7 @@ async function main(): Promise<void> {
       `backup Packer, ${w === 0 ? 'no workers' : `SealPool ${w} worker${w > 1 ? 's' : ''}`}`,
       size,
       r.ms,
-      `${cpuNotes(r)}; ${r.packs} packs; chunking on the main thread, packs hashed ${w ? 'on a worker' : 'inline'}`,
+      `${cpuNotes(r)}${perCpu(size, r)}; ${r.packs} packs; chunking on the main thread, packs hashed ${w ? 'on a worker' : 'inline'}`,
     );
   }
 
@@ -662,97 +849,29 @@ async function main(): Promise<void> {
     `${cpuNotes(tz)}; ${tz.value.chunks} chunks → ${tz.value.packs} packs, ${(tz.value.stored / MiB).toFixed(1)} MiB, compression ${ratio.toFixed(2)}×`,
   );
   line('  chunk + id + sealBlob on text (no packing)', size, textSeal.ms);
-  const textPacker2MBps = line('backup Packer on text, SealPool 2 workers', size, textPacker2.ms, `${cpuNotes(textPacker2)}; ${textPacker2.packs} packs`);
+  const textPacker0MBps = line('backup Packer on text, no workers', size, textPacker0.ms, `${cpuNotes(textPacker0)}${perCpu(size, textPacker0)}; ${textPacker0.packs} packs`);
+  const textPacker2MBps = line('backup Packer on text, SealPool 2 workers', size, textPacker2.ms, `${cpuNotes(textPacker2)}${perCpu(size, textPacker2)}; ${textPacker2.packs} packs`);
+  let realMBps: number | undefined;
+  let realPacker0MBps: number | undefined;
+  let realPacker2MBps: number | undefined;
+  let realRatio: number | undefined;
+  console.log(`  real text: ${(realBytes / MiB).toFixed(0)} MiB in ${realFiles} files (${realSources.join(', ') || 'none found'})`);
+  if (realRun && realPacker2 && realPacker0) {
+    realRatio = realBytes / realRun.value.stored;
+    realMBps = line(
+      'pipeline on real text, 1 core',
+      realBytes,
+      realRun.ms,
+      `${cpuNotes(realRun)}; ${realRun.value.chunks} chunks → ${realRun.value.packs} packs, ${(realRun.value.stored / MiB).toFixed(1)} MiB, compression ${realRatio.toFixed(2)}×`,
+    );
+    realPacker0MBps = line('backup Packer on real text, no workers', realBytes, realPacker0.ms, `${cpuNotes(realPacker0)}${perCpu(realBytes, realPacker0)}; ${realPacker0.packs} packs`);
+    realPacker2MBps = line('backup Packer on real text, SealPool 2 workers', realBytes, realPacker2.ms, `${cpuNotes(realPacker2)}${perCpu(realBytes, realPacker2)}; ${realPacker2.packs} packs`);
+  } else console.log('  (less than 32 MiB of real text: not measured)');
 
   // --- (b) upload ---------------------------------------------------------------------------
-  fullGc();
-  const s3 = s3Env();
-  // the SDK's "node >= 22 from 2027" notice would land in the middle of the figures
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-  const local = localCluster(s3.endpoint);
-  const total = packCount * PACK_BYTES;
-  const bodies: Buffer[] = [];
-  for (let off = 0; off + PACK_BYTES <= size; off += PACK_BYTES) bodies.push(Buffer.from(sab, off, PACK_BYTES));
-  console.log(`(b) upload of ${packCount} packs of 16 MiB (${(total / MiB).toFixed(0)} MiB, bodies cut from the random data) to ${s3.endpoint}, load ${load()}`);
-
-  const lockedBucket = bucketName('lock');
-  const store = new S3Store(storeOptions(s3, lockedBucket));
   const result: Record<string, number | null> = { upload_MBps: null, rclone_MBps: null };
-  try {
-    const old = await removeOldBenchBuckets(s3, store.client);
-    if (local) rgwGc(local);
-    if (old.removed + old.kept > 0) console.log(`  earlier runs' buckets: ${old.removed} removed, ${old.kept} kept (still locked, or less than 15 min old)`);
-    const avail = local ? osdAvailable(local) : undefined;
-    // rclone runs first, one copy at a time, each purged and collected before the next; then the
-    // 2 locked passes, which stay: at most 2 × total on the OSD, plus room for everybody else
-    const need = 2 * total + 768 * MiB;
-    if (avail !== undefined && avail < need) {
-      console.log(
-        `  SKIPPED: the local OSD has ${(avail / GiB).toFixed(1)} GiB free, the upload part needs ${(need / GiB).toFixed(1)} GiB ` +
-          `(wait until earlier runs' locks end, then run again; or pass fewer packs)`,
-      );
-    } else {
-      if (avail !== undefined) console.log(`  local OSD: ${(avail / GiB).toFixed(1)} GiB free`);
-
-      const dir = mkdtempSync(path.join(os.tmpdir(), 'bulwark-bench-'));
-      try {
-        // fsync'd, so that the first rclone run does not pay for the writeback of the files
-        const wf = time(() => {
-          for (let i = 0; i < packCount; i++) {
-            const fd = openSync(path.join(dir, `pack-${String(i).padStart(5, '0')}`), 'w');
-            try {
-              const body = bodies[i % bodies.length]!;
-              for (let off = 0; off < body.length; ) off += writeSync(fd, body, off);
-              fsyncSync(fd);
-            } finally {
-              closeSync(fd);
-            }
-          }
-        });
-        const version = spawnSync('env', ['-u', 'AWS_CA_BUNDLE', 'rclone', 'version'], { encoding: 'utf8' }).stdout?.split('\n')[0] ?? 'rclone';
-        console.log(`  ${version}; the packs written as files to ${dir} in ${(wf.ms / 1000).toFixed(2)} s`);
-        const variants: Array<[string, string, string[]]> = [
-          ['rclone_MBps', 'rclone --transfers 4 --s3-upload-cutoff 200M', ['--transfers', '4', '--s3-upload-cutoff', '200M']],
-          ['rclone_default_MBps', 'rclone, default settings', []],
-          ['rclone_8_MBps', 'rclone --transfers 8 --s3-upload-cutoff 200M', ['--transfers', '8', '--s3-upload-cutoff', '200M']],
-        ];
-        for (const [key, label, extra] of variants) {
-          const bucket = bucketName('rclone');
-          const plain = new S3Store(storeOptions(s3, bucket));
-          await plain.client.send(new CreateBucketCommand({ Bucket: bucket }));
-          try {
-            const m0 = cpuMark(local);
-            const r = await runRclone(['copy', dir, `:s3:${bucket}/x`, ...rcloneArgs(s3), ...extra]);
-            const m1 = cpuMark(local);
-            const got = await countObjects(plain, 'x/');
-            result[key] = line(label, total, r.ms, uploadNote(r, m0, m1, `; ${got.n} objects, ${(got.bytes / MiB).toFixed(0)} MiB`));
-            if (key === 'rclone_MBps') result.rclone_cpu_s_per_GiB = round2(r.cpuMs / 1000 / (total / GiB));
-          } finally {
-            await runRclone(['purge', `:s3:${bucket}`, ...rcloneArgs(s3)]).catch((err: Error) => console.log(`  (could not purge ${bucket}: ${err.message})`));
-            if (local) rgwGc(local);
-            plain.client.destroy();
-          }
-        }
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-
-      await store.client.send(new CreateBucketCommand({ Bucket: lockedBucket, ObjectLockEnabledForBucket: true }));
-      await store.put('warmup', Buffer.alloc(1024), { lock: { mode: 'COMPLIANCE', retainUntil: Date.now() + lockSeconds * 1000 } });
-      for (const inFlight of [4, 8]) {
-        const m0 = cpuMark(local);
-        const r = await uploadPacks(store, bodies, packCount, inFlight, `c${inFlight}`, lockSeconds);
-        const m1 = cpuMark(local);
-        result[inFlight === 4 ? 'upload_MBps' : 'upload_8_MBps'] = line(`S3Store.put, ${inFlight} in flight, COMPLIANCE lock`, total, r.ms, uploadNote(r, m0, m1));
-        if (inFlight === 4) result.upload_cpu_s_per_GiB = round2(r.cpuMs / 1000 / (total / GiB));
-      }
-      const stored = await countObjects(store, layout.dataPrefix(HOST));
-      console.log(`  bucket ${lockedBucket}: ${stored.n} packs, ${(stored.bytes / MiB).toFixed(0)} MiB, locked for ${lockSeconds} s`);
-    }
-  } finally {
-    store.client.destroy();
-  }
-  if (result.upload_MBps && result.rclone_MBps) console.log(`  ours / rclone (4 in flight each) = ${(result.upload_MBps / result.rclone_MBps).toFixed(2)}`);
+  if (packCount > 0) await uploadPart(sab, size, packCount, lockSeconds, result);
+  else console.log('(b) upload: skipped (0 packs)');
 
   const r1 = (x: number | null | undefined): number | null => (typeof x === 'number' && Number.isFinite(x) ? round(x) : null);
   console.log(
@@ -766,9 +885,15 @@ async function main(): Promise<void> {
       packer_MBps: r1(packerRows.w0!),
       packer_1worker_MBps: r1(packerRows.w1!),
       packer_2workers_MBps: r1(packerRows.w2!),
+      packer_text_MBps: r1(textPacker0MBps),
       packer_text_2workers_MBps: r1(textPacker2MBps),
       pipeline_text_MBps: r1(textMBps),
       text_compression_ratio: round2(ratio),
+      pipeline_realtext_MBps: r1(realMBps),
+      packer_realtext_MBps: r1(realPacker0MBps),
+      packer_realtext_2workers_MBps: r1(realPacker2MBps),
+      realtext_compression_ratio: realRatio === undefined ? null : round2(realRatio),
+      realtext_MiB: round(realBytes / MiB),
       pipeline_over_sha256: round2(pipeMBps / shaMBps),
       chunk_MBps: r1(chunkMBps),
       blobid_MBps: r1(idMBps),

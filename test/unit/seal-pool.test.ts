@@ -35,8 +35,11 @@ describe('SealPool', () => {
     expect(s.id.equals(blobId(keys.id, plain))).toBe(true);
     expect(openBlob(keys, s.id, s.sealed, plain.length).equals(plain)).toBe(true);
     // the same compress-or-not decision (flag byte) as compress.ts
-    const flag = open(keys.enc, s.sealed, s.id)[0];
-    expect(flag).toBe(compressParts(plain)[0][0]);
+    const inner = open(keys.enc, s.sealed, s.id);
+    const [flag, body] = compressParts(plain);
+    expect(inner[0]).toBe(flag[0]);
+    // and the same bytes: the workers compress with the same zstd parameters (zstd is deterministic)
+    expect(inner.subarray(1).equals(Buffer.from(body))).toBe(true);
     expect(view.equals(plain)).toBe(true); // the caller's bytes are untouched
   });
 
@@ -75,6 +78,19 @@ describe('SealPool', () => {
     const chunks = Array.from({ length: 64 }, (_, i) => randomBytes(1000 + i * 997));
     const out = await Promise.all(chunks.map((c) => pool.seal(c)));
     out.forEach((s, i) => expect(openBlob(keys, s.id, s.sealed).equals(chunks[i]!)).toBe(true));
+  });
+
+  it('compresses many chunks of different sizes at once, each into its own sealed blob', async () => {
+    // a worker compresses into a scratch buffer it keeps: growing, shrinking and reused while
+    // the results travel back
+    const sizes = [2_000_000, 70_000, 1_200_000, 150_000, 3_000_000, 90_000, 500_000, 2_500_000];
+    const chunks = sizes.map((n, i) => Buffer.from(`chunk ${i}: ${randomBytes(8).toString('hex')} `.repeat(Math.ceil(n / 30))).subarray(0, n));
+    const out = await Promise.all([...chunks, ...chunks.slice().reverse()].map((c) => pool.seal(c)));
+    out.forEach((s, i) => {
+      const plain = i < chunks.length ? chunks[i]! : chunks[2 * chunks.length - 1 - i]!;
+      expect(open(keys.enc, s.sealed, s.id)[0]).toBe(1);
+      expect(openBlob(keys, s.id, s.sealed, plain.length).equals(plain)).toBe(true);
+    });
   });
 
   it('fails jobs after close', async () => {
