@@ -28,6 +28,7 @@ import type { PackEntry } from '../common/repo/pack.js';
 import type { HostRepository } from '../common/repo/repository.js';
 import type { SnapshotManifest } from '../common/repo/snapshot.js';
 import type { ObjectLock } from '../common/storage/blob-store.js';
+import { withBoundedHeapGrowth } from './process-tuning.js';
 import { type BackupProgress, type BackupResult, backup } from './backup/backup.js';
 import { DirtySet } from './backup/dirty-set.js';
 import type { UploadedPack } from './backup/packer.js';
@@ -47,6 +48,11 @@ export interface AgentCoreOptions {
   /** Run chokidar watchers (default true). Without them every backup reconciles by a full scan. */
   watch?: boolean;
   onWatcherError?: (root: string, err: BulwarkError) => void;
+  /**
+   * Bound V8's heap growth during each backup (default true; agent/process-tuning.ts). The setting is
+   * process-wide for the backup's duration; false leaves V8's defaults (for comparisons).
+   */
+  boundHeapGrowth?: boolean;
 }
 
 export interface BackupJob {
@@ -151,7 +157,8 @@ export class AgentCore {
     if (this.busy) throw new BulwarkError('INVALID_ARGUMENT', 'a backup or restore is already running on this agent');
     this.busy = true;
     try {
-      return await this.runBackup(job);
+      // a tight heap during the backup (agent/process-tuning.ts): its peak was mostly uncollected garbage
+      return await (this.o.boundHeapGrowth === false ? this.runBackup(job) : withBoundedHeapGrowth(() => this.runBackup(job)));
     } finally {
       this.busy = false;
     }

@@ -194,7 +194,6 @@ const commands: Record<string, (args: string[], o: Opts) => Promise<void>> = {
   },
   async 'agent start'(_a, o) {
     const tuning = await import('../agent/process-tuning.js');
-    tuning.tuneAgentHeap();
     if (!tuning.agentProcessTuned()) process.stderr.write('note: started without the memory settings of bin/bulwark (see the README, "agent memory"); the agent uses more memory\n');
     const { enroll, loadIdentity, identityFile } = await import('../agent/identity.js');
     const { AgentSession } = await import('../agent/session.js');

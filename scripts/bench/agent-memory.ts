@@ -40,7 +40,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import v8 from 'node:v8';
 import { AgentCore } from '../../agent/agent-core.js';
-import { AGENT_NODE_FLAGS, agentProcessEnv, tuneAgentHeap } from '../../agent/process-tuning.js';
+import { AGENT_NODE_FLAGS, agentProcessEnv } from '../../agent/process-tuning.js';
 import { Repository } from '../../common/repo/repository.js';
 import type { ObjectLock } from '../../common/storage/blob-store.js';
 import { openS3Store } from '../../common/storage/open-store.js';
@@ -173,7 +173,6 @@ async function startAllocationSampling(): Promise<() => Promise<string>> {
 }
 
 async function child(a: ChildArgs): Promise<void> {
-  if (TUNED) tuneAgentHeap(); // as `bulwark agent start` does
   const sampler = new Sampler();
   const env = (name: string): string => process.env[name] ?? (() => { throw new Error(`${name} is not set`); })();
   const store = openS3Store({
@@ -186,7 +185,7 @@ async function child(a: ChildArgs): Promise<void> {
   });
   const repo = await Repository.open(store, { masterKey: Buffer.from(env('BENCH_MASTER_KEY'), 'hex') });
   const t0 = performance.now();
-  const core = await AgentCore.open({ dataDir: a.dataDir, hostname: 'bench', host: repo.host('bench'), roots: [a.root], watch: a.watch });
+  const core = await AgentCore.open({ dataDir: a.dataDir, hostname: 'bench', host: repo.host('bench'), roots: [a.root], watch: a.watch, boundHeapGrowth: TUNED });
   const openSeconds = (performance.now() - t0) / 1000;
   const afterOpen = memory();
   try {

@@ -21,7 +21,6 @@ import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { AgentCore } from '../../agent/agent-core.js';
 import type { BackupProgress } from '../../agent/backup/backup.js';
-import { tuneAgentHeap } from '../../agent/process-tuning.js';
 import { Repository } from '../../common/repo/repository.js';
 import type { SnapshotManifest } from '../../common/repo/snapshot.js';
 import type {
@@ -255,7 +254,6 @@ async function timedBackup(core: AgentCore, counting: CountingStore, lock: Objec
 }
 
 async function main(): Promise<void> {
-  if (process.env.BENCH_UNTUNED !== '1') tuneAgentHeap(); // as `bulwark agent start` does
   const [op, json] = process.argv.slice(2);
   if (!op || !json) throw new Error('usage: backup-agent.ts full|watched|restore <json args>');
   const a = JSON.parse(json) as Args;
@@ -278,7 +276,7 @@ async function main(): Promise<void> {
 
   if (op === 'full' || op === 'watched') {
     const watch = op === 'watched';
-    const core = await AgentCore.open({ dataDir: a.dataDir, hostname: 'bench', host, roots: [a.root!], watch });
+    const core = await AgentCore.open({ dataDir: a.dataDir, hostname: 'bench', host, roots: [a.root!], watch, boundHeapGrowth: process.env.BENCH_UNTUNED !== '1' });
     const openSeconds = (performance.now() - tOpen) / 1000;
     const afterOpen = memory();
     try {
