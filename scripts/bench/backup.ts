@@ -10,7 +10,10 @@
  *       script changes 10 files, the agent waits BENCH_WAIT_MS and runs the incremental (mode
  *       'journal'). restic's incremental is `restic backup` again (parent snapshot).
  *   (c) full restore of A into an empty directory; sizes of all files and the SHA-256 of 50
- *       random files are compared with the source.
+ *       random files are compared with the source. BENCH_RESTORE_ROUNDS rounds (default 2) in
+ *       alternating order (Bulwark then restic, restic then Bulwark); the means are reported.
+ *   Every timed operation starts on a settled disk (sync, 2 s): otherwise the second of two
+ *   restores writes while the kernel flushes the first one's gigabyte.
  *   and rclone copying A's 2,000 large files as plain objects (4 transfers): the endpoint's rate.
  *
  * Every Bulwark operation runs in its own process (scripts/bench/backup-agent.ts, compiled to JS
@@ -39,6 +42,7 @@
  *      profiles of the agent processes to BENCH_PROF_DIR, default /tmp/bulwark-bench-prof),
  *      BENCH_AGENT_FLAGS (extra node flags for the agent processes, for experiments),
  *      BENCH_UNTUNED=1 (agent processes without bin/bulwark's memory settings, agent/process-tuning.ts),
+ *      BENCH_LOW_MEMORY=1 (agent processes as with BULWARK_LOW_MEMORY=1),
  *      BULWARK_S3_* (the endpoint; when unset, `scripts/s3-local.sh up` is run and its output used).
  * Needs /usr/bin/time (apt-get install time), restic, rclone.
  * S3 space: about 3 × A (Bulwark, restic, rclone) + 2 × T (+ 1 × T when the crash above forces
@@ -46,7 +50,7 @@
  * objects are locked); the rclone objects are deleted.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { AGENT_NODE_FLAGS, agentProcessEnv } from '../../agent/process-tuning.js';
+import { agentProcess } from '../../agent/process-tuning.js';
 import { createHash, randomBytes, randomFillSync } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -77,6 +81,15 @@ const BUILD = path.join(BASE, 'build');
 const AGENT_FLAGS = (process.env.BENCH_AGENT_FLAGS ?? '').split(' ').filter((f) => f !== '');
 /** Agent processes start as bin/bulwark starts `bulwark agent` (memory settings); BENCH_UNTUNED=1: Node's defaults. */
 const TUNED = process.env.BENCH_UNTUNED !== '1';
+const LOW_MEMORY = process.env.BENCH_LOW_MEMORY === '1';
+/** Restore comparisons, in alternating order (BENCH_RESTORE_ROUNDS, default 2). */
+const RESTORE_ROUNDS = Math.max(1, Number(process.env.BENCH_RESTORE_ROUNDS ?? 2));
+
+/** Before each timed operation: no dirty pages of an earlier one left to flush (sync), and a short rest. */
+async function settle(): Promise<void> {
+  execFileSync('sync');
+  await new Promise((r) => setTimeout(r, 2000));
+}
 const RESTIC_PASSWORD = 'bulwark bench restic password';
 const CHANGED = 10;
 const SAMPLE = 50;
@@ -322,7 +335,8 @@ function compileAgent(): void {
 async function runAgent(op: string, args: Record<string, unknown>, env: NodeJS.ProcessEnv, onReady?: () => void, nodeFlags: string[] = []): Promise<{ t: Timed; r: AgentResult }> {
   const script = RUNNER === 'compiled' ? [path.join(BUILD, path.relative(REPO_ROOT, AGENT).replace(/\.ts$/, '.js'))] : ['--import', 'tsx', AGENT];
   const node = [...nodeFlags, ...(PROF ? ['--cpu-prof', '--cpu-prof-dir', PROF_DIR, '--cpu-prof-name', `${op}-${Date.now()}.cpuprofile`] : []), ...script, op, JSON.stringify(args)];
-  const t = await runTimed(process.execPath, TUNED ? [...AGENT_NODE_FLAGS, ...node] : node, TUNED ? agentProcessEnv(env) : env, (line, child) => {
+  const tuned = agentProcess(env, LOW_MEMORY);
+  const t = await runTimed(process.execPath, TUNED ? [...tuned.flags, ...node] : node, TUNED ? tuned.env : env, (line, child) => {
     if (line === 'READY') {
       onReady?.();
       child.stdin!.write('go\n');
@@ -454,6 +468,7 @@ async function run(s3: ReturnType<typeof s3Env>): Promise<void> {
   let bwA = '';
   let repoA = { lock: { mode: 'COMPLIANCE' as const, retainUntil: 0 }, masterKey: '' };
   let attempt = 0;
+  await settle();
   const fullA = await runBackupAgent('full', async () => {
     bwA = await bucket('bw-a', true);
     repoA = await initRepo(bwA);
@@ -466,6 +481,7 @@ async function run(s3: ReturnType<typeof s3Env>): Promise<void> {
   rows.push({ op: '(a) full backup A', tool: 'Bulwark', seconds: fA.seconds, bytes: A.bytes, files: A.files.length, peakMB: fullA.t.peakMB, cpu: fullA.t.cpu });
 
   await restic(rsA, ['init']);
+  await settle();
   const rFullA = await restic(rsA, ['backup', '--json', dirA]);
   const rsumA = resticSummary(rFullA.stdout);
   log(`  restic: ${fmt(rFullA.wall, 2)} s wall, peak RSS ${fmt(rFullA.peakMB, 0)} MB, CPU ${fmt(rFullA.cpu, 1)} s, files new ${rsumA.files_new}, data added ${fmt((rsumA.data_added ?? NaN) / 1e6)} MB`);
@@ -473,6 +489,7 @@ async function run(s3: ReturnType<typeof s3Env>): Promise<void> {
 
   // rclone: the large files as plain objects ------------------------------------------------------
   const rcloneArgs = ['--s3-provider', 'Ceph', '--s3-endpoint', s3.endpoint, '--s3-access-key-id', s3.accessKeyId, '--s3-secret-access-key', s3.secretAccessKey, '--s3-region', s3.region, '--s3-force-path-style=true'];
+  await settle();
   const rcl = await runTimed('rclone', ['copy', '-q', path.join(dirA, 'large'), `:s3:${rc}/x`, ...rcloneArgs, '--transfers', '4'], toolEnv);
   const rcloneMBps = largeBytes / 1e6 / rcl.wall;
   log(`  rclone copy of the ${LARGE_FILES} large files (${fmt(largeBytes / 1e6)} MB), 4 transfers: ${fmt(rcl.wall, 2)} s = ${fmt(rcloneMBps)} MB/s, peak RSS ${fmt(rcl.peakMB, 0)} MB, CPU ${fmt(rcl.cpu, 1)} s`);
@@ -480,28 +497,59 @@ async function run(s3: ReturnType<typeof s3Env>): Promise<void> {
   await runTimed('rclone', ['purge', '-q', `:s3:${rc}`, ...rcloneArgs], toolEnv).catch((e: Error) => log(`  (rclone purge failed: ${e.message.split('\n')[0]})`));
 
   // (c) full restore of A ------------------------------------------------------------------------
-  log('\n(c) full restore of A into an empty directory');
+  // Two rounds in alternating order (Bulwark, restic; then restic, Bulwark), each restore started on
+  // a settled disk (the previous restore's output deleted, then sync): in one fixed order without
+  // that, the second tool wrote while the kernel flushed the first one's gigabyte, which favoured
+  // whoever went first (Bulwark, up to session 2).
+  log(`\n(c) full restore of A into an empty directory: ${RESTORE_ROUNDS} rounds in alternating order, each on a settled disk`);
   const tgtB = path.join(BASE, 'restore-bulwark');
-  const rest = await runAgent('restore', { ...common, bucket: bwA, dataDir: path.join(BASE, 'state-restore'), snapshotId: readFileSync(path.join(BASE, 'snap-a'), 'utf8'), target: tgtB }, agentEnv(repoA.masterKey), undefined, AGENT_FLAGS);
-  const rr = rest.r.restore!;
-  const vB = verifyRestore(A, dirA, tgtB);
-  log(`  Bulwark: restore ${fmt(rr.seconds, 2)} s (agent process ${fmt(rest.t.wall, 2)} s wall, open ${fmt(rest.r.openSeconds, 2)} s), CPU in restore ${fmt(rr.cpuSeconds, 1)} s (${fmt((rr.cpuSeconds / rr.seconds) * 100, 0)}% of one core), event loop busy ${fmt(rr.eventLoopUtilization * 100, 0)}%, peak RSS ${fmt(rest.t.peakMB, 0)} MB`);
-  log(`    CPU s by thread: ${threadLine(rr.threads)}`);
-  log(`    ${rr.files} files, ${fmt(rr.bytes / 1e6)} MB, ${rr.errors} errors${rr.errors ? ` ${JSON.stringify(rr.firstErrors)}` : ''}; S3 busy ${fmt(rr.s3.busyMs / 1000, 2)} s; ${Object.entries(rr.s3.ops).map(([k, v]) => `${k} ${v.n}${v.bytes ? ` (${fmt(v.bytes / 1e6)} MB)` : ''}`).join(', ')}`);
-  log(`    verify: ${vB.ok ? 'MATCH' : 'MISMATCH'} — ${vB.detail}`);
-  rows.push({ op: '(c) restore A', tool: 'Bulwark', seconds: rr.seconds, bytes: A.bytes, files: A.files.length, peakMB: rest.t.peakMB, cpu: rest.t.cpu, note: vB.ok ? 'verified' : 'MISMATCH' });
-  rmSync(tgtB, { recursive: true, force: true });
-
   const tgtR = path.join(BASE, 'restore-restic');
-  const rRest = await restic(rsA, ['restore', 'latest', '--target', tgtR]);
-  const vR = verifyRestore(A, dirA, tgtR);
-  log(`  restic: ${fmt(rRest.wall, 2)} s wall, peak RSS ${fmt(rRest.peakMB, 0)} MB, CPU ${fmt(rRest.cpu, 1)} s`);
-  log(`    verify: ${vR.ok ? 'MATCH' : 'MISMATCH'} — ${vR.detail}`);
-  rows.push({ op: '(c) restore A', tool: 'restic', seconds: rRest.wall, bytes: A.bytes, files: A.files.length, peakMB: rRest.peakMB, cpu: rRest.cpu, note: vR.ok ? 'verified' : 'MISMATCH' });
-  rmSync(tgtR, { recursive: true, force: true });
+  const bwRestores: Array<{ rr: NonNullable<AgentResult['restore']>; t: Timed; ok: boolean }> = [];
+  const rsRestores: Array<{ t: Timed; ok: boolean }> = [];
+  const bulwarkRestore = async (): Promise<void> => {
+    await settle();
+    const rest = await runAgent('restore', { ...common, bucket: bwA, dataDir: path.join(BASE, `state-restore-${bwRestores.length}`), snapshotId: readFileSync(path.join(BASE, 'snap-a'), 'utf8'), target: tgtB }, agentEnv(repoA.masterKey), undefined, AGENT_FLAGS);
+    const rr = rest.r.restore!;
+    const vB = verifyRestore(A, dirA, tgtB);
+    log(`  Bulwark: restore ${fmt(rr.seconds, 2)} s (agent process ${fmt(rest.t.wall, 2)} s wall, open ${fmt(rest.r.openSeconds, 2)} s), CPU in restore ${fmt(rr.cpuSeconds, 1)} s (${fmt((rr.cpuSeconds / rr.seconds) * 100, 0)}% of one core), event loop busy ${fmt(rr.eventLoopUtilization * 100, 0)}%, peak RSS ${fmt(rest.t.peakMB, 0)} MB`);
+    log(`    CPU s by thread (threads alive at the end): ${threadLine(rr.threads)}`);
+    log(`    ${rr.files} files, ${fmt(rr.bytes / 1e6)} MB, ${rr.errors} errors${rr.errors ? ` ${JSON.stringify(rr.firstErrors)}` : ''}; S3 busy ${fmt(rr.s3.busyMs / 1000, 2)} s; ${Object.entries(rr.s3.ops).map(([k, v]) => `${k} ${v.n}${v.bytes ? ` (${fmt(v.bytes / 1e6)} MB)` : ''}`).join(', ')}`);
+    log(`    verify: ${vB.ok ? 'MATCH' : 'MISMATCH'} — ${vB.detail}`);
+    bwRestores.push({ rr, t: rest.t, ok: vB.ok });
+    rmSync(tgtB, { recursive: true, force: true });
+  };
+  const resticRestore = async (): Promise<void> => {
+    await settle();
+    const t = await restic(rsA, ['restore', 'latest', '--target', tgtR]);
+    const vR = verifyRestore(A, dirA, tgtR);
+    log(`  restic: ${fmt(t.wall, 2)} s wall, peak RSS ${fmt(t.peakMB, 0)} MB, CPU ${fmt(t.cpu, 1)} s`);
+    log(`    verify: ${vR.ok ? 'MATCH' : 'MISMATCH'} — ${vR.detail}`);
+    rsRestores.push({ t, ok: vR.ok });
+    rmSync(tgtR, { recursive: true, force: true });
+  };
+  for (let round = 0; round < RESTORE_ROUNDS; round++) {
+    if (round % 2 === 0) {
+      await bulwarkRestore();
+      await resticRestore();
+    } else {
+      await resticRestore();
+      await bulwarkRestore();
+    }
+  }
+  const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+  // Bulwark: the restore's own seconds (inside the agent, repository open excluded); restic: its process
+  const rr = { ...bwRestores[0]!.rr, seconds: mean(bwRestores.map((b) => b.rr.seconds)), cpuSeconds: mean(bwRestores.map((b) => b.rr.cpuSeconds)) };
+  const rest = { t: { ...bwRestores[0]!.t, peakMB: Math.max(...bwRestores.map((b) => b.t.peakMB)), cpu: mean(bwRestores.map((b) => b.t.cpu)) } };
+  const rRest = { ...rsRestores[0]!.t, wall: mean(rsRestores.map((r) => r.t.wall)), peakMB: Math.max(...rsRestores.map((r) => r.t.peakMB)), cpu: mean(rsRestores.map((r) => r.t.cpu)) };
+  const vB = { ok: bwRestores.every((b) => b.ok) };
+  const vR = { ok: rsRestores.every((r) => r.ok) };
+  log(`  mean of ${RESTORE_ROUNDS}: Bulwark ${fmt(rr.seconds, 2)} s (${bwRestores.map((b) => fmt(b.rr.seconds, 2)).join(', ')}), restic ${fmt(rRest.wall, 2)} s (${rsRestores.map((r) => fmt(r.t.wall, 2)).join(', ')})`);
+  rows.push({ op: '(c) restore A', tool: 'Bulwark', seconds: rr.seconds, bytes: A.bytes, files: A.files.length, peakMB: rest.t.peakMB, cpu: rest.t.cpu, note: `${vB.ok ? 'verified' : 'MISMATCH'}; mean of ${RESTORE_ROUNDS}` });
+  rows.push({ op: '(c) restore A', tool: 'restic', seconds: rRest.wall, bytes: A.bytes, files: A.files.length, peakMB: rRest.peakMB, cpu: rRest.cpu, note: `${vR.ok ? 'verified' : 'MISMATCH'}; mean of ${RESTORE_ROUNDS}` });
 
   // (b) tree T: full, then 10 changes, then the incremental ---------------------------------------
   log(`\n(b) tree T (${T.files.length} files): full backup, change ${CHANGED} files, incremental`);
+  await settle();
   const watched = await runBackupAgent(
     'watched',
     async () => {
@@ -526,6 +574,7 @@ async function run(s3: ReturnType<typeof s3Env>): Promise<void> {
   rows.push({ op: '(b) incremental T', tool: 'Bulwark', seconds: wi.seconds, bytes: T.bytes, files: T.files.length, peakMB: watched.t.peakMB, cpu: wi.cpuSeconds, note: `mode ${wi.modes.join(',')}; RSS: whole process` });
 
   await restic(rsT, ['init']);
+  await settle();
   const rFullT = await restic(rsT, ['backup', '--json', dirT]);
   changeFiles(T, CHANGED, 8);
   const rIncT = await restic(rsT, ['backup', '--json', dirT]);
