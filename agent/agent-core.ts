@@ -49,8 +49,8 @@ export interface AgentCoreOptions {
   watch?: boolean;
   onWatcherError?: (root: string, err: BulwarkError) => void;
   /**
-   * Bound V8's heap growth during each backup (default true; agent/process-tuning.ts). The setting is
-   * process-wide for the backup's duration; false leaves V8's defaults (for comparisons).
+   * Bound V8's heap growth during each backup (low-memory mode, agent/process-tuning.ts; default
+   * false). The setting is process-wide for the backup's duration.
    */
   boundHeapGrowth?: boolean;
 }
@@ -157,8 +157,8 @@ export class AgentCore {
     if (this.busy) throw new BulwarkError('INVALID_ARGUMENT', 'a backup or restore is already running on this agent');
     this.busy = true;
     try {
-      // a tight heap during the backup (agent/process-tuning.ts): its peak was mostly uncollected garbage
-      return await (this.o.boundHeapGrowth === false ? this.runBackup(job) : withBoundedHeapGrowth(() => this.runBackup(job)));
+      // low-memory mode: a tight heap during the backup (agent/process-tuning.ts)
+      return await (this.o.boundHeapGrowth ? withBoundedHeapGrowth(() => this.runBackup(job)) : this.runBackup(job));
     } finally {
       this.busy = false;
     }

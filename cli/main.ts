@@ -194,13 +194,14 @@ const commands: Record<string, (args: string[], o: Opts) => Promise<void>> = {
   },
   async 'agent start'(_a, o) {
     const tuning = await import('../agent/process-tuning.js');
-    if (!tuning.agentProcessTuned()) process.stderr.write('note: started without the memory settings of bin/bulwark (see the README, "agent memory"); the agent uses more memory\n');
+    const lowMemory = process.env.BULWARK_LOW_MEMORY === '1';
+    if (lowMemory && !tuning.lowMemoryProcess()) process.stderr.write('note: BULWARK_LOW_MEMORY=1, but started without bin/bulwark, which applies the start-up part of it (see the README, "agent memory")\n');
     const { enroll, loadIdentity, identityFile } = await import('../agent/identity.js');
     const { AgentSession } = await import('../agent/session.js');
     const dataDir = (o['data-dir'] as string) ?? '.bulwark/agent';
     if (o.token && !fs.existsSync(identityFile(dataDir))) await enroll(dataDir, o.token as string, hostname());
     const identity = await loadIdentity(dataDir);
-    const s = new AgentSession({ dataDir, identity, hostname: hostname(), log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`) });
+    const s = new AgentSession({ dataDir, identity, hostname: hostname(), lowMemory, log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`) });
     s.start();
     process.stderr.write(`agent ${identity.hostId} connecting to ${identity.address}\n`);
     await new Promise<void>((resolve) => {

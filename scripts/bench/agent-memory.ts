@@ -21,8 +21,8 @@
  *       the agent state is created afresh), BENCH_WAIT_MS (default 1000), BENCH_WATCH=0 (no
  *       watcher: the agent without chokidar, for comparison; the incremental is then a reconcile),
  *       BENCH_AGENT_FLAGS (more node flags for the agent process, e.g. --max-semi-space-size=8),
- *       BENCH_UNTUNED=1 (the agent without bin/bulwark's memory settings, agent/process-tuning.ts),
- *       BENCH_LOW_MEMORY=1 (the agent as with BULWARK_LOW_MEMORY=1),
+ *       BENCH_LOW_MEMORY=1 (the agent in low-memory mode, as bin/bulwark starts it with
+ *       BULWARK_LOW_MEMORY=1: agent/process-tuning.ts),
  *       BENCH_RUNNER (compiled, the default, or tsx: `node --import tsx`, ~35 MB more RSS),
  *       BENCH_HEAP_SNAPSHOT=FILE (write a V8 heap snapshot after the full backup; with BENCH_HEAP_AT=N
  *       also one when the full backup has done N files, to FILE.at-N.heapsnapshot), BENCH_SMAPS=1
@@ -57,9 +57,8 @@ const LOCK_SECONDS = Number(process.env.BENCH_LOCK_SECONDS ?? 600);
 const WATCH = process.env.BENCH_WATCH !== '0';
 const RUNNER = process.env.BENCH_RUNNER ?? 'compiled';
 const AGENT_FLAGS = (process.env.BENCH_AGENT_FLAGS ?? '').split(' ').filter((f) => f !== '');
-/** The agent process starts as bin/bulwark starts `bulwark agent` (memory settings); BENCH_UNTUNED=1: Node's defaults. */
-const TUNED = process.env.BENCH_UNTUNED !== '1';
-const LOW_MEMORY = process.env.BENCH_LOW_MEMORY === '1';
+/** The agent in low-memory mode (as bin/bulwark starts it with BULWARK_LOW_MEMORY=1); in the child, from that variable. */
+const LOW_MEMORY = process.env.BENCH_LOW_MEMORY === '1' || process.env.BULWARK_LOW_MEMORY === '1';
 const TUNING = agentProcess(process.env, LOW_MEMORY);
 const FILES = Math.max(20, Math.round(100_000 * SCALE));
 const PER_DIR = 100;
@@ -188,7 +187,7 @@ async function child(a: ChildArgs): Promise<void> {
   });
   const repo = await Repository.open(store, { masterKey: Buffer.from(env('BENCH_MASTER_KEY'), 'hex') });
   const t0 = performance.now();
-  const core = await AgentCore.open({ dataDir: a.dataDir, hostname: 'bench', host: repo.host('bench'), roots: [a.root], watch: a.watch, boundHeapGrowth: TUNED });
+  const core = await AgentCore.open({ dataDir: a.dataDir, hostname: 'bench', host: repo.host('bench'), roots: [a.root], watch: a.watch, boundHeapGrowth: LOW_MEMORY });
   const openSeconds = (performance.now() - t0) / 1000;
   const afterOpen = memory();
   try {
@@ -297,7 +296,7 @@ async function driver(): Promise<void> {
   const t0 = performance.now();
   const root = path.join(BASE, `t-${FILES}`);
   const files = makeTree(root);
-  console.log(`agent memory: T = ${FILES} files × 1 KiB in ${FILES / PER_DIR} dirs (${root}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s), S3 ${s3.endpoint}, watcher ${WATCH ? 'on' : 'off'}, node ${process.version} ${TUNED ? `bin/bulwark's agent settings ${TUNING.flags.join(' ')}${LOW_MEMORY ? ', low-memory mode' : ''}` : 'untuned'} ${AGENT_FLAGS.join(' ')}`);
+  console.log(`agent memory: T = ${FILES} files × 1 KiB in ${FILES / PER_DIR} dirs (${root}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s), S3 ${s3.endpoint}, watcher ${WATCH ? 'on' : 'off'}, node ${process.version} ${LOW_MEMORY ? `low-memory mode ${TUNING.flags.join(' ')}` : 'default settings'} ${AGENT_FLAGS.join(' ')}`);
 
   const client = rawS3Client(s3);
   const bucket = `bench-mem-${Date.now().toString(36)}-${randomBytes(2).toString('hex')}`;
@@ -311,7 +310,7 @@ async function driver(): Promise<void> {
   rmSync(dataDir, { recursive: true, force: true });
   const args: ChildArgs = { bucket, dataDir, root, lock, waitMs: WAIT_MS, watch: WATCH };
   const env = {
-    ...(TUNED ? TUNING.env : process.env),
+    ...TUNING.env,
     BULWARK_S3_ENDPOINT: s3.endpoint,
     BULWARK_S3_ACCESS_KEY: s3.accessKeyId,
     BULWARK_S3_SECRET_KEY: s3.secretAccessKey,
@@ -323,7 +322,7 @@ async function driver(): Promise<void> {
   const out: string[] = [];
   const wall0 = performance.now();
   const code = await new Promise<number | null>((resolve, reject) => {
-    const c: ChildProcess = spawn('/usr/bin/time', ['-f', '%M %U %S', '-o', timeFile, process.execPath, ...(TUNED ? TUNING.flags : []), ...AGENT_FLAGS, ...script, 'child', JSON.stringify(args)], {
+    const c: ChildProcess = spawn('/usr/bin/time', ['-f', '%M %U %S', '-o', timeFile, process.execPath, ...TUNING.flags, ...AGENT_FLAGS, ...script, 'child', JSON.stringify(args)], {
       cwd: REPO_ROOT,
       env,
       stdio: ['pipe', 'pipe', 'inherit'],
@@ -372,7 +371,7 @@ async function driver(): Promise<void> {
   // /usr/bin/time's figure only covers the time after the VmHWM reset: the whole peak is the larger of the two
   const peakMB = Math.max(mb(kib! * 1024), r.peakBeforeReset);
   console.log(`  whole agent process: peak RSS ${peakMB} MB (VmHWM before the incremental's reset, /usr/bin/time after it), CPU ${(user! + sys!).toFixed(1)} s, wall ${wall.toFixed(1)} s; V8 heap limit ${r.heapLimitMB} MB`);
-  console.log(JSON.stringify({ treeFiles: FILES, watch: WATCH, tuned: TUNED, lowMemory: LOW_MEMORY, flags: AGENT_FLAGS, peakMB, ...r }));
+  console.log(JSON.stringify({ treeFiles: FILES, watch: WATCH, lowMemory: LOW_MEMORY, flags: AGENT_FLAGS, peakMB, ...r }));
 }
 
 if (process.argv[2] === 'child') {

@@ -41,8 +41,8 @@
  *      (Bulwark's S3 requests in flight; default: openS3Store's), BENCH_PROF=1 (write V8 CPU
  *      profiles of the agent processes to BENCH_PROF_DIR, default /tmp/bulwark-bench-prof),
  *      BENCH_AGENT_FLAGS (extra node flags for the agent processes, for experiments),
- *      BENCH_UNTUNED=1 (agent processes without bin/bulwark's memory settings, agent/process-tuning.ts),
- *      BENCH_LOW_MEMORY=1 (agent processes as with BULWARK_LOW_MEMORY=1),
+ *      BENCH_LOW_MEMORY=1 (agent processes in low-memory mode, as bin/bulwark starts them with
+ *      BULWARK_LOW_MEMORY=1: agent/process-tuning.ts),
  *      BULWARK_S3_* (the endpoint; when unset, `scripts/s3-local.sh up` is run and its output used).
  * Needs /usr/bin/time (apt-get install time), restic, rclone.
  * S3 space: about 3 × A (Bulwark, restic, rclone) + 2 × T (+ 1 × T when the crash above forces
@@ -79,8 +79,7 @@ const RUNNER = process.env.BENCH_RUNNER ?? 'compiled';
 if (RUNNER !== 'compiled' && RUNNER !== 'tsx') throw new Error(`BENCH_RUNNER must be compiled or tsx, got ${RUNNER}`);
 const BUILD = path.join(BASE, 'build');
 const AGENT_FLAGS = (process.env.BENCH_AGENT_FLAGS ?? '').split(' ').filter((f) => f !== '');
-/** Agent processes start as bin/bulwark starts `bulwark agent` (memory settings); BENCH_UNTUNED=1: Node's defaults. */
-const TUNED = process.env.BENCH_UNTUNED !== '1';
+/** Agent processes in low-memory mode (as bin/bulwark starts them with BULWARK_LOW_MEMORY=1). */
 const LOW_MEMORY = process.env.BENCH_LOW_MEMORY === '1';
 /** Restore comparisons, in alternating order (BENCH_RESTORE_ROUNDS, default 2). */
 const RESTORE_ROUNDS = Math.max(1, Number(process.env.BENCH_RESTORE_ROUNDS ?? 2));
@@ -335,8 +334,8 @@ function compileAgent(): void {
 async function runAgent(op: string, args: Record<string, unknown>, env: NodeJS.ProcessEnv, onReady?: () => void, nodeFlags: string[] = []): Promise<{ t: Timed; r: AgentResult }> {
   const script = RUNNER === 'compiled' ? [path.join(BUILD, path.relative(REPO_ROOT, AGENT).replace(/\.ts$/, '.js'))] : ['--import', 'tsx', AGENT];
   const node = [...nodeFlags, ...(PROF ? ['--cpu-prof', '--cpu-prof-dir', PROF_DIR, '--cpu-prof-name', `${op}-${Date.now()}.cpuprofile`] : []), ...script, op, JSON.stringify(args)];
-  const tuned = agentProcess(env, LOW_MEMORY);
-  const t = await runTimed(process.execPath, TUNED ? [...tuned.flags, ...node] : node, TUNED ? tuned.env : env, (line, child) => {
+  const agent = agentProcess(env, LOW_MEMORY);
+  const t = await runTimed(process.execPath, [...agent.flags, ...node], agent.env, (line, child) => {
     if (line === 'READY') {
       onReady?.();
       child.stdin!.write('go\n');
