@@ -2,8 +2,8 @@
  * The agent's low-memory mode (BULWARK_LOW_MEMORY=1; issue #4 asks for a peak RSS < 250 MB on a
  * first backup of 100,000 files). Measured on that tree (scripts/bench/agent-memory.ts), the agent's
  * live V8 heap was ~60 MB during the backup and 42 MB after it, yet the process peaked at ~440–470 MB.
- * Three settings bring it to ~225 MB; each costs CPU, and together they made a first backup of 1 GiB
- * of large files ~46 % slower (17.9 instead of 12.1 s in the backup benchmark, behind restic), so
+ * Three settings bring it to ~225–234 MB; each costs CPU, and together they made a first backup of
+ * 1 GiB of large files 37 % slower (16.5 instead of 12.1 s in the backup benchmark, behind restic), so
  * they are a mode for small hosts, not the default:
  *
  * - V8 lets the old generation grow to up to ~4× its live size before a full collection when that is
