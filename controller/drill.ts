@@ -25,12 +25,12 @@ import {
   PutObjectCommand,
   PutObjectLockConfigurationCommand,
   PutObjectRetentionCommand,
-  S3Client,
 } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
 import { AgentCore } from '../agent/agent-core.js';
 import { Repository } from '../common/repo/repository.js';
 import { openS3Store } from '../common/storage/open-store.js';
+import { rawS3Client } from '../common/storage/s3-store.js';
 import { Catalog } from './catalog.js';
 import { rebuildCatalog } from './maintenance.js';
 
@@ -114,13 +114,7 @@ export async function runDrill(o: DrillOptions): Promise<DrillReport> {
   }
 
   // 2. the attack, with raw S3 calls and the owner's credential
-  const s3 = new S3Client({
-    ...(o.endpoint ? { endpoint: o.endpoint } : {}),
-    region: o.region ?? 'us-east-1',
-    forcePathStyle: true,
-    credentials: { accessKeyId: o.accessKeyId, secretAccessKey: o.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-  });
+  const s3 = rawS3Client(o);
   const prefix = o.prefix ? `${o.prefix}/` : '';
   const versions = async () => {
     const out: Array<{ Key: string; VersionId: string; marker: boolean }> = [];

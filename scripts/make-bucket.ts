@@ -4,7 +4,8 @@
  * already → says so and succeeds. For the quick start and for trying Bulwark out; production
  * buckets are made by whoever owns the account.
  */
-import { BucketAlreadyOwnedByYou, CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { BucketAlreadyOwnedByYou, CreateBucketCommand } from '@aws-sdk/client-s3';
+import { rawS3Client } from '../common/storage/s3-store.js';
 
 const name = process.argv[2];
 const e = process.env;
@@ -12,12 +13,7 @@ if (!name || !e.BULWARK_S3_ENDPOINT || !e.BULWARK_S3_ACCESS_KEY || !e.BULWARK_S3
   process.stderr.write('usage: BULWARK_S3_ENDPOINT=… BULWARK_S3_ACCESS_KEY=… BULWARK_S3_SECRET_KEY=… tsx scripts/make-bucket.ts NAME\n');
   process.exit(2);
 }
-const s3 = new S3Client({
-  endpoint: e.BULWARK_S3_ENDPOINT,
-  region: e.BULWARK_S3_REGION ?? 'us-east-1',
-  forcePathStyle: true,
-  credentials: { accessKeyId: e.BULWARK_S3_ACCESS_KEY, secretAccessKey: e.BULWARK_S3_SECRET_KEY },
-});
+const s3 = rawS3Client({ endpoint: e.BULWARK_S3_ENDPOINT, region: e.BULWARK_S3_REGION, accessKeyId: e.BULWARK_S3_ACCESS_KEY, secretAccessKey: e.BULWARK_S3_SECRET_KEY });
 try {
   await s3.send(new CreateBucketCommand({ Bucket: name, ObjectLockEnabledForBucket: true }));
   process.stdout.write(`bucket ${name} created with Object Lock\n`);

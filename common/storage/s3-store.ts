@@ -82,6 +82,22 @@ export function compileS3StoreOptions(o: S3StoreOptions): Required<Omit<S3StoreO
   };
 }
 
+/**
+ * A plain SDK client for raw calls outside S3Store (the drill's attacks, bucket housekeeping in
+ * scripts and tests), with the settings that work on RGW, AWS and MinIO: path-style addressing, and
+ * checksums only where an operation requires them (RGW rejects the SDK's default CRC trailers).
+ */
+export function rawS3Client(c: { endpoint?: string; region?: string; accessKeyId: string; secretAccessKey: string }): S3Client {
+  return new S3Client({
+    ...(c.endpoint ? { endpoint: c.endpoint } : {}),
+    region: c.region ?? 'us-east-1',
+    forcePathStyle: true,
+    credentials: { accessKeyId: c.accessKeyId, secretAccessKey: c.secretAccessKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+}
+
 export class S3Store implements BlobStore {
   readonly description: string;
   readonly client: S3Client;

@@ -4,7 +4,6 @@
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { S3Client } from '@aws-sdk/client-s3';
 
 export interface S3Env {
   endpoint: string;
@@ -33,13 +32,4 @@ export function s3Env(): S3Env {
 }
 
 /** A plain SDK client for the benchmarks' own bucket housekeeping (create, list, delete buckets). */
-export function rawS3Client(s3: S3Env): S3Client {
-  return new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
-}
+export { rawS3Client } from '../../common/storage/s3-store.js';

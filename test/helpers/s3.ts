@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { inject } from 'vitest';
+import { rawS3Client } from '../../common/storage/s3-store.js';
 import type { S3TestConfig } from './s3-global-setup.js';
 
 export function s3Config(): S3TestConfig {
@@ -15,14 +16,7 @@ export function s3Config(): S3TestConfig {
 
 /** A raw SDK client with the settings that work on RGW, AWS and MinIO (docs/s3-local.md). */
 export function rawClient(cfg: S3TestConfig = s3Config()): S3Client {
-  return new S3Client({
-    endpoint: cfg.endpoint,
-    region: cfg.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: cfg.accessKeyId, secretAccessKey: cfg.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-  });
+  return rawS3Client(cfg);
 }
 
 export function uniqueBucketName(prefix: string): string {
