@@ -35,13 +35,10 @@ const logs = new Map<string, string>();
 function start(args: string[], name: string, env: Record<string, string> = {}): ChildProcess {
   const PATH = `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}`; // bin/bulwark runs `node`: this one
   const p = spawn(path.join(root, 'bin/bulwark'), args, { env: { ...process.env, ...env, PATH }, stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  p.stderr!.on('data', (d) => {
-    log += d;
-    logs.set(name, log);
-  });
+  logs.set(name, '');
+  p.stderr!.on('data', (d) => logs.set(name, logs.get(name) + String(d)));
   p.on('exit', (code) => {
-    if (code && code !== 0) process.stderr.write(`${name} exited ${code}:\n${log}\n`);
+    if (code && code !== 0) process.stderr.write(`${name} exited ${code}:\n${logs.get(name)}\n`);
   });
   procs.push(p);
   return p;
