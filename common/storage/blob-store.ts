@@ -79,6 +79,19 @@ export interface VersionEntry {
   isDeleteMarker: boolean;
 }
 
+/**
+ * How to read one object with a plain HTTP(S) GET, without the store's client: a presigned URL
+ * (S3), good until `expiresAt`. Any byte range of the object can be asked for with a Range header.
+ * For readers on other threads, which cannot share the store (the restore's write workers).
+ */
+export interface DirectRead {
+  url: string;
+  /** Epoch ms (local clock) after which the URL no longer works. */
+  expiresAt: number;
+  /** Give up on a request that has sent nothing for this long. */
+  timeoutMs: number;
+}
+
 export interface BucketConfig {
   versioning: 'Enabled' | 'Suspended' | 'Disabled';
   objectLock: boolean;
@@ -111,6 +124,12 @@ export interface BlobStore {
   bucketConfig(opts?: { signal?: AbortSignal }): Promise<BucketConfig>;
   /** The server's clock (S3: the Date header), which is the clock that decides when locks end. */
   serverTime(opts?: { signal?: AbortSignal }): Promise<number>;
+  /**
+   * Optional: a URL that reads `key` (its current version, or `versionId`) with a plain GET, for
+   * readers on other threads. Stores that have no such URL (MemoryStore) leave it out. Whatever is
+   * read this way is unverified bytes, exactly like `get`.
+   */
+  readonly directRead?: (key: string, opts?: { versionId?: string }) => Promise<DirectRead>;
 }
 
 /** Is this lock still holding at `now` (server time)? */

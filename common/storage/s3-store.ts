@@ -14,7 +14,7 @@
  *   - single PUTs only, never multipart or CopyObject: RGW 16.2 drops lock headers on both;
  *   - maxAttempts 1: retrying is RetryingStore's job, so every store retries the same way.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import {
@@ -32,10 +32,12 @@ import {
   S3ServiceException,
 } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { SignatureV4 } from '@smithy/signature-v4';
 import { BulwarkError, type ErrorCode } from '../errors.js';
 import {
   type BlobStore,
   type BucketConfig,
+  type DirectRead,
   type GetOptions,
   type ListEntry,
   type ObjectInfo,
@@ -98,18 +100,61 @@ export function rawS3Client(c: { endpoint?: string; region?: string; accessKeyId
   });
 }
 
+/** RFC 3986 escaping as SigV4 wants it (encodeURIComponent leaves !'()* alone). */
+function escapeSegment(s: string): string {
+  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+const bytesOf = (d: ArrayBuffer | ArrayBufferView): Uint8Array => (ArrayBuffer.isView(d) ? new Uint8Array(d.buffer, d.byteOffset, d.byteLength) : new Uint8Array(d));
+
+/** SHA-256 and HMAC-SHA256 in the shape SignatureV4 expects. */
+class Sha256 {
+  private readonly h;
+  constructor(secret?: string | ArrayBuffer | ArrayBufferView) {
+    this.h = secret === undefined ? createHash('sha256') : createHmac('sha256', typeof secret === 'string' ? secret : bytesOf(secret));
+  }
+  update(data: string | ArrayBuffer | ArrayBufferView): void {
+    this.h.update(typeof data === 'string' ? data : bytesOf(data));
+  }
+  async digest(): Promise<Uint8Array> {
+    return this.h.digest();
+  }
+}
+
 export class S3Store implements BlobStore {
   readonly description: string;
   readonly client: S3Client;
   private readonly bucket: string;
   private readonly prefix: string;
   private lastServerDate = 0;
+  /** Server clock minus ours (ms), from the last Date header: presigned URLs are dated by the server's clock. */
+  private clockOffset = 0;
+  private readonly signer: SignatureV4;
+  private readonly base: { protocol: string; hostname: string; port?: number; pathStyle: boolean };
+  private readonly requestTimeoutMs: number;
 
   constructor(options: S3StoreOptions) {
     const o = compileS3StoreOptions(options);
     this.bucket = o.bucket;
     this.prefix = o.prefix === '' ? '' : `${o.prefix}/`;
     this.description = `s3://${o.bucket}/${o.prefix}${o.endpoint ? ` at ${o.endpoint}` : ''}`;
+    this.requestTimeoutMs = o.requestTimeoutMs;
+    const endpoint = new URL(o.endpoint ?? `https://s3.${o.region}.amazonaws.com`);
+    this.base = {
+      protocol: endpoint.protocol,
+      hostname: endpoint.hostname,
+      ...(endpoint.port ? { port: Number(endpoint.port) } : {}),
+      // a bucket name with dots does not match the wildcard certificate of virtual-host style
+      pathStyle: o.forcePathStyle || o.bucket.includes('.'),
+    };
+    this.signer = new SignatureV4({
+      service: 's3',
+      region: o.region,
+      credentials: { accessKeyId: o.accessKeyId, secretAccessKey: o.secretAccessKey, ...(o.sessionToken ? { sessionToken: o.sessionToken } : {}) },
+      sha256: Sha256,
+      uriEscapePath: false, // S3 signs the path as sent (each key segment escaped once, below)
+      applyChecksum: false,
+    });
     const agentOpts = { keepAlive: true, maxSockets: o.maxSockets };
     this.client = new S3Client({
       ...(o.endpoint ? { endpoint: o.endpoint } : {}),
@@ -141,7 +186,10 @@ export class S3Store implements BlobStore {
         const out = await next(args);
         const headers = (out.response as { headers?: Record<string, string> }).headers;
         const date = headers?.date ? Date.parse(headers.date) : NaN;
-        if (!Number.isNaN(date)) this.lastServerDate = date;
+        if (!Number.isNaN(date)) {
+          this.lastServerDate = date;
+          this.clockOffset = date - Date.now();
+        }
         return out;
       },
       { step: 'deserialize', name: 'bulwarkServerDate' },
@@ -210,6 +258,36 @@ export class S3Store implements BlobStore {
       throw translate(err, `get ${key}`);
     }
   }
+
+  /**
+   * A presigned GET (SigV4 query parameters, UNSIGNED-PAYLOAD, valid 15 minutes by the server's
+   * clock) of one object; the caller adds a Range header. Used by the restore's write workers,
+   * which fetch and verify pack ranges themselves.
+   */
+  readonly directRead = async (key: string, opts: { versionId?: string } = {}): Promise<DirectRead> => {
+    const path = (this.base.pathStyle ? `/${this.bucket}/` : '/') + this.k(key).split('/').map(escapeSegment).join('/');
+    const hostname = this.base.pathStyle ? this.base.hostname : `${this.bucket}.${this.base.hostname}`;
+    const host = hostname + (this.base.port !== undefined ? `:${this.base.port}` : '');
+    const expiresIn = 900;
+    const now = Date.now();
+    const signed = await this.signer.presign(
+      {
+        method: 'GET',
+        protocol: this.base.protocol,
+        hostname,
+        ...(this.base.port !== undefined ? { port: this.base.port } : {}),
+        path,
+        query: opts.versionId ? { versionId: opts.versionId } : {},
+        headers: { host, 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' },
+      },
+      { expiresIn, signingDate: new Date(now + this.clockOffset) },
+    );
+    const query = Object.entries(signed.query ?? {})
+      .map(([k, v]) => `${escapeSegment(k)}=${escapeSegment(String(v))}`)
+      .join('&');
+    // a minute of margin: a URL handed out now may wait in a queue before it is used
+    return { url: `${this.base.protocol}//${host}${path}?${query}`, expiresAt: now + (expiresIn - 60) * 1000, timeoutMs: this.requestTimeoutMs };
+  };
 
   async head(key: string, opts: { versionId?: string; signal?: AbortSignal } = {}): Promise<ObjectInfo> {
     try {

@@ -55,6 +55,8 @@ export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> 
 
 export class RetryingStore implements BlobStore {
   readonly description: string;
+  /** Presigning is local work, nothing to retry: the inner store's, when it has one. */
+  readonly directRead?: BlobStore['directRead'];
   private readonly o: ReturnType<typeof compileRetryOptions>;
 
   constructor(
@@ -62,6 +64,7 @@ export class RetryingStore implements BlobStore {
     opts: RetryOptions = {},
   ) {
     this.description = inner.description;
+    if (inner.directRead) this.directRead = inner.directRead;
     this.o = compileRetryOptions(opts);
   }
 
@@ -174,12 +177,15 @@ export class Semaphore {
 
 export class LimitedStore implements BlobStore {
   readonly description: string;
+  /** The inner store's; requests made with it are the caller's to bound (the restore does). */
+  readonly directRead?: BlobStore['directRead'];
   private readonly sem: Semaphore;
   constructor(
     private readonly inner: BlobStore,
     limit: number,
   ) {
     this.description = inner.description;
+    if (inner.directRead) this.directRead = inner.directRead;
     this.sem = new Semaphore(limit);
   }
   put(key: string, body: Uint8Array, opts?: PutOptions): Promise<PutResult> {
