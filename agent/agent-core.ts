@@ -84,6 +84,8 @@ export interface RestoreJob {
   hardlinks?: 'link' | 'copy';
   signal?: AbortSignal;
   onProgress?: (p: RestoreProgress) => void;
+  /** Fallbacks worth a line in the log (the workers could not fetch from the store). */
+  onNotice?: (message: string) => void;
 }
 
 interface PackLogEntry {
@@ -270,6 +272,7 @@ export class AgentCore {
         ...(job.hardlinks ? { hardlinks: job.hardlinks } : {}),
         ...(job.signal ? { signal: job.signal } : {}),
         ...(job.onProgress ? { onProgress: job.onProgress } : {}),
+        ...(job.onNotice ? { onNotice: job.onNotice } : {}),
       });
     } finally {
       this.busy = false;

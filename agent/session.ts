@@ -154,7 +154,7 @@ export class AgentSession {
         const own = this.core.host;
         const source = r.sourceHostId === own.hostId ? own : new HostRepository(own.store, own.config, deriveHostKeysFromParts(r.sourceHostId, r.sourceKeyEnc, r.sourceKeyId, r.sourceKeyChunk));
         const manifest = await source.loadSnapshot(r.snapshotId, abort.signal);
-        const res = await this.core.restore({ manifest, host: source, target: r.targetDir, ...(r.paths.length ? { paths: r.paths } : {}), overwrite: r.overwrite, signal: abort.signal, onProgress: (p) => progress({ ...p, phase: 'restoring' }) });
+        const res = await this.core.restore({ manifest, host: source, target: r.targetDir, ...(r.paths.length ? { paths: r.paths } : {}), overwrite: r.overwrite, signal: abort.signal, onProgress: (p) => progress({ ...p, phase: 'restoring' }), onNotice: (m) => this.log(`restore: ${m}`) });
         this.send({ body: { $case: 'result', value: { jobId: job.jobId, ok: true, snapshotId: r.snapshotId, issues: res.errors, files: BigInt(res.files + res.hardlinks), bytes: BigInt(res.bytes), error: undefined } } });
       } else {
         throw new BulwarkError('INVALID_ARGUMENT', 'unknown job kind');

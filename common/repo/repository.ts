@@ -130,6 +130,18 @@ export interface SavedObject {
   size: number;
 }
 
+/**
+ * Reads a range of a pack and returns its blobs verified (one per blob, undefined for one that is
+ * not genuine), or undefined when the range could not be read: another way to fetch than the
+ * store's own (the restore's workers). Whatever it cannot give goes through the tamper-proof read.
+ */
+export type RangeFetcher = (
+  pack: string,
+  start: number,
+  length: number,
+  blobs: Array<{ id: string; at: number; length: number; rawLength: number }>,
+) => Promise<Array<Uint8Array | undefined> | undefined>;
+
 export class HostRepository {
   readonly hostId: string;
   constructor(
@@ -213,6 +225,93 @@ export class HostRepository {
       { ...this.readOpts(signal), range: { offset: loc.offset, length: loc.length } },
     );
     return value;
+  }
+
+  /**
+   * Load many blobs with few requests: blobs that sit close together in one pack (gap ≤ 64 KiB,
+   * span ≤ 4 MiB) come in one ranged GET. Each blob is verified on its own; one that is not
+   * genuine, or whose range could not be read, goes through loadBlob (the tamper-proof read).
+   * Returns one promise per entry, in order.
+   */
+  loadBlobs(entries: Array<{ id: string; loc: BlobLocation }>, signal?: AbortSignal, fetchRange?: RangeFetcher): Array<Promise<Buffer>> {
+    const out = new Array<Promise<Buffer>>(entries.length);
+    const byPack = new Map<string, number[]>();
+    entries.forEach((e, i) => {
+      let list = byPack.get(e.loc.pack);
+      if (!list) byPack.set(e.loc.pack, (list = []));
+      list.push(i);
+    });
+    for (const [pack, list] of byPack) {
+      list.sort((a, b) => entries[a]!.loc.offset - entries[b]!.loc.offset);
+      for (let i = 0; i < list.length; ) {
+        const start = entries[list[i]!]!.loc.offset;
+        let end = start + entries[list[i]!]!.loc.length;
+        let j = i + 1;
+        for (; j < list.length; j++) {
+          const l = entries[list[j]!]!.loc;
+          if (l.offset - end > 64 * 1024 || l.offset + l.length - start > 4 * 1024 * 1024) break;
+          end = Math.max(end, l.offset + l.length);
+        }
+        const members = list.slice(i, j);
+        i = j;
+        if (fetchRange) {
+          const blobs = members.map((m) => ({ id: entries[m]!.id, at: entries[m]!.loc.offset - start, length: entries[m]!.loc.length, rawLength: entries[m]!.loc.rawLength }));
+          const got = fetchRange(pack, start, end - start, blobs).catch((err: unknown) => {
+            if (hasCode(err, 'ABORTED')) throw err;
+            return undefined;
+          });
+          members.forEach((m, k) => {
+            const e = entries[m]!;
+            out[m] = got.then((plains) => {
+              const plain = plains?.[k];
+              // not fetched, or not genuine: the tamper-proof read
+              return plain ? Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength) : this.loadBlob(e.id, e.loc, signal);
+            });
+          });
+          continue;
+        }
+        if (members.length === 1) {
+          const e = entries[members[0]!]!;
+          out[members[0]!] = this.loadBlob(e.id, e.loc, signal);
+          continue;
+        }
+        const range = this.store
+          .get(layout.pack(this.hostId, pack), { range: { offset: start, length: end - start }, ...(signal ? { signal } : {}) })
+          .catch((err: unknown) => {
+            if (hasCode(err, 'ABORTED')) throw err;
+            return undefined; // each blob is read on its own below
+          });
+        for (const m of members) {
+          const e = entries[m]!;
+          out[m] = range.then((bytes) => {
+            const at = e.loc.offset - start;
+            if (bytes && bytes.length >= at + e.loc.length) {
+              try {
+                return openBlob(this.keys, Buffer.from(e.id, 'hex'), bytes.subarray(at, at + e.loc.length), e.loc.rawLength);
+              } catch {
+                // not genuine: the tamper-proof read finds a version that is
+              }
+            }
+            return this.loadBlob(e.id, e.loc, signal);
+          });
+        }
+      }
+    }
+    return out;
+  }
+
+  /** Trees by id (see loadBlobs), one promise per id, in order. */
+  loadTrees(ids: string[], index: BlobIndex, signal?: AbortSignal, fetchRange?: RangeFetcher): Array<Promise<Tree>> {
+    const entries = ids.map((id) => {
+      const loc = index.get(id);
+      return loc && loc.type === 'tree' ? { id, loc } : undefined;
+    });
+    const found = entries.filter((e) => e !== undefined);
+    const loaded = this.loadBlobs(found, signal, fetchRange);
+    let k = 0;
+    return entries.map((e, i) =>
+      e === undefined ? Promise.reject(new BulwarkError('NOT_FOUND', `tree ${ids[i]} is not in the index of host ${this.hostId}`)) : loaded[k++]!.then(decodeTree),
+    );
   }
 
   async loadTree(id: string, index: BlobIndex, signal?: AbortSignal): Promise<Tree> {

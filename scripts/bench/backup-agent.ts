@@ -55,8 +55,13 @@ class CountingStore implements BlobStore {
   /** Wall time during which at least one request was in flight (ms). */
   busyMs = 0;
 
+  /** Passed through, counted as `directRead` (URLs handed out; the GETs made with them are not seen here). */
+  readonly directRead?: BlobStore['directRead'];
+
   constructor(private readonly inner: BlobStore) {
     this.description = inner.description;
+    const direct = inner.directRead;
+    if (direct) this.directRead = (key, opts) => this.track('directRead', () => direct(key, opts), () => 0);
   }
 
   reset(): void {
@@ -138,6 +143,8 @@ interface Args {
   waitMs?: number;
   // restore
   snapshotId?: string;
+  /** restore: only these original paths (all when absent) */
+  paths?: string[];
   target?: string;
 }
 
@@ -315,7 +322,7 @@ async function main(): Promise<void> {
       const threads0 = threadCpu();
       const elu0 = performance.eventLoopUtilization();
       const t0 = performance.now();
-      const r = await core.restore({ manifest, target: a.target! });
+      const r = await core.restore({ manifest, target: a.target!, ...(a.paths ? { paths: a.paths } : {}) });
       const ms = performance.now() - t0;
       const threads = threadCpuSince(threads0);
       const cpu = process.cpuUsage(cpu0);
