@@ -13,7 +13,9 @@
  *       random files are compared with the source. BENCH_RESTORE_ROUNDS rounds (default 2) in
  *       alternating order (Bulwark then restic, restic then Bulwark); the means are reported.
  *   Every timed operation starts on a settled disk (sync, 2 s): otherwise the second of two
- *   restores writes while the kernel flushes the first one's gigabyte.
+ *   restores writes while the kernel flushes the first one's gigabyte. Each restore also starts
+ *   with the page cache dropped, writes into a directory of its own, and nothing is deleted until
+ *   the run ends (see settle and cleanup: both made later restores slower on this VM).
  *   and rclone copying A's 2,000 large files as plain objects (4 transfers): the endpoint's rate.
  *
  * Every Bulwark operation runs in its own process (scripts/bench/backup-agent.ts, compiled to JS
@@ -84,10 +86,52 @@ const LOW_MEMORY = process.env.BENCH_LOW_MEMORY === '1';
 /** Restore comparisons, in alternating order (BENCH_RESTORE_ROUNDS, default 2). */
 const RESTORE_ROUNDS = Math.max(1, Number(process.env.BENCH_RESTORE_ROUNDS ?? 2));
 
-/** Before each timed operation: no dirty pages of an earlier one left to flush (sync), and a short rest. */
-async function settle(): Promise<void> {
+/**
+ * Before each timed operation: no dirty pages of an earlier one left to flush (sync), the page
+ * cache dropped (when allowed: root), and a short rest. On this VM, writing into the page cache
+ * cost ~3 s of CPU per GB once it had filled free memory, and 0.3 s after a drop: without the
+ * drop, whichever restore ran first in a run was the fast one. (Before restores only: the backups
+ * read their data from a warm cache, as in every earlier run.)
+ */
+let cacheDropped: boolean | undefined;
+async function settle(dropCaches = false): Promise<void> {
   execFileSync('sync');
+  if (dropCaches) {
+    try {
+      writeFileSync('/proc/sys/vm/drop_caches', '3');
+      cacheDropped = true;
+    } catch {
+      cacheDropped = false;
+    }
+  }
   await new Promise((r) => setTimeout(r, 2000));
+}
+
+/**
+ * Mass deletions wait until the end of a run, and a run starts only some minutes after the last
+ * one's: on ext4 without a journal (this VM's root file system), creating files in block groups
+ * where many inodes were deleted in the last minutes scans past each of them (the kernel's
+ * `recently_deleted`, 60 s, 5 min while the inode table is dirty): 20,000 creates took 6-7 s of
+ * CPU instead of 0.5 s. Deleting each restore's output before the next restore made the later
+ * restores of a run slow for both tools.
+ */
+const CLEANUP_MARK = path.join(path.dirname(path.resolve(process.env.BENCH_DIR ?? '/tmp/bulwark-bench')), '.bulwark-bench-cleanup');
+const CLEANUP_QUIET_MS = 6 * 60_000;
+async function waitAfterLastCleanup(): Promise<void> {
+  let at = 0;
+  try {
+    at = Number(readFileSync(CLEANUP_MARK, 'utf8'));
+  } catch {
+    return;
+  }
+  const wait = at + CLEANUP_QUIET_MS - Date.now();
+  if (wait <= 0 || process.env.BENCH_NO_WAIT === '1') return;
+  log(`waiting ${Math.ceil(wait / 1000)} s: the last run deleted its files ${Math.round((Date.now() - at) / 1000)} s ago, and file creation stays slow for minutes after mass deletions on ext4 without a journal (BENCH_NO_WAIT=1 skips this)`);
+  await new Promise((r) => setTimeout(r, wait));
+}
+function cleanup(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+  writeFileSync(CLEANUP_MARK, String(Date.now()));
 }
 const RESTIC_PASSWORD = 'bulwark bench restic password';
 const CHANGED = 10;
@@ -315,7 +359,7 @@ interface AgentResult {
   memBeforeIncr?: Mem;
   memAfterIncr?: Mem;
   incrPeakIsPhaseOnly?: boolean;
-  restore?: { seconds: number; cpuSeconds: number; threads: ThreadCpu; eventLoopUtilization: number; s3: AgentBackup['s3']; files: number; bytes: number; errors: number; firstErrors: unknown[] };
+  restore?: { seconds: number; cpuSeconds: number; threads: ThreadCpu; eventLoopUtilization: number; s3: AgentBackup['s3']; files: number; bytes: number; errors: number; firstErrors: unknown[]; ranges?: { direct: number; directFailed: number; viaStore: number } };
   mem?: Mem;
 }
 
@@ -408,13 +452,14 @@ async function main(): Promise<void> {
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   for (const bin of ['/usr/bin/time']) if (!existsSync(bin)) throw new Error(`${bin} missing: apt-get install -y time`);
   const s3 = s3Env();
-  rmSync(BASE, { recursive: true, force: true });
+  if (existsSync(BASE)) cleanup(BASE); // a kept or crashed run's
+  await waitAfterLastCleanup();
   mkdirSync(BASE, { recursive: true });
   if (PROF) mkdirSync(PROF_DIR, { recursive: true });
   try {
     await run(s3);
   } finally {
-    if (!KEEP) rmSync(BASE, { recursive: true, force: true });
+    if (!KEEP) cleanup(BASE);
   }
 }
 
@@ -495,57 +540,6 @@ async function run(s3: ReturnType<typeof s3Env>): Promise<void> {
   rows.push({ op: 'rclone copy A/large', tool: 'rclone', seconds: rcl.wall, bytes: largeBytes, files: LARGE_FILES, peakMB: rcl.peakMB, cpu: rcl.cpu });
   await runTimed('rclone', ['purge', '-q', `:s3:${rc}`, ...rcloneArgs], toolEnv).catch((e: Error) => log(`  (rclone purge failed: ${e.message.split('\n')[0]})`));
 
-  // (c) full restore of A ------------------------------------------------------------------------
-  // Two rounds in alternating order (Bulwark, restic; then restic, Bulwark), each restore started on
-  // a settled disk (the previous restore's output deleted, then sync): in one fixed order without
-  // that, the second tool wrote while the kernel flushed the first one's gigabyte, which favoured
-  // whoever went first (Bulwark, up to session 2).
-  log(`\n(c) full restore of A into an empty directory: ${RESTORE_ROUNDS} rounds in alternating order, each on a settled disk`);
-  const tgtB = path.join(BASE, 'restore-bulwark');
-  const tgtR = path.join(BASE, 'restore-restic');
-  const bwRestores: Array<{ rr: NonNullable<AgentResult['restore']>; t: Timed; ok: boolean }> = [];
-  const rsRestores: Array<{ t: Timed; ok: boolean }> = [];
-  const bulwarkRestore = async (): Promise<void> => {
-    await settle();
-    const rest = await runAgent('restore', { ...common, bucket: bwA, dataDir: path.join(BASE, `state-restore-${bwRestores.length}`), snapshotId: readFileSync(path.join(BASE, 'snap-a'), 'utf8'), target: tgtB }, agentEnv(repoA.masterKey), undefined, AGENT_FLAGS);
-    const rr = rest.r.restore!;
-    const vB = verifyRestore(A, dirA, tgtB);
-    log(`  Bulwark: restore ${fmt(rr.seconds, 2)} s (agent process ${fmt(rest.t.wall, 2)} s wall, open ${fmt(rest.r.openSeconds, 2)} s), CPU in restore ${fmt(rr.cpuSeconds, 1)} s (${fmt((rr.cpuSeconds / rr.seconds) * 100, 0)}% of one core), event loop busy ${fmt(rr.eventLoopUtilization * 100, 0)}%, peak RSS ${fmt(rest.t.peakMB, 0)} MB`);
-    log(`    CPU s by thread (threads alive at the end): ${threadLine(rr.threads)}`);
-    log(`    ${rr.files} files, ${fmt(rr.bytes / 1e6)} MB, ${rr.errors} errors${rr.errors ? ` ${JSON.stringify(rr.firstErrors)}` : ''}; S3 busy ${fmt(rr.s3.busyMs / 1000, 2)} s; ${Object.entries(rr.s3.ops).map(([k, v]) => `${k} ${v.n}${v.bytes ? ` (${fmt(v.bytes / 1e6)} MB)` : ''}`).join(', ')}`);
-    log(`    verify: ${vB.ok ? 'MATCH' : 'MISMATCH'} — ${vB.detail}`);
-    bwRestores.push({ rr, t: rest.t, ok: vB.ok });
-    rmSync(tgtB, { recursive: true, force: true });
-  };
-  const resticRestore = async (): Promise<void> => {
-    await settle();
-    const t = await restic(rsA, ['restore', 'latest', '--target', tgtR]);
-    const vR = verifyRestore(A, dirA, tgtR);
-    log(`  restic: ${fmt(t.wall, 2)} s wall, peak RSS ${fmt(t.peakMB, 0)} MB, CPU ${fmt(t.cpu, 1)} s`);
-    log(`    verify: ${vR.ok ? 'MATCH' : 'MISMATCH'} — ${vR.detail}`);
-    rsRestores.push({ t, ok: vR.ok });
-    rmSync(tgtR, { recursive: true, force: true });
-  };
-  for (let round = 0; round < RESTORE_ROUNDS; round++) {
-    if (round % 2 === 0) {
-      await bulwarkRestore();
-      await resticRestore();
-    } else {
-      await resticRestore();
-      await bulwarkRestore();
-    }
-  }
-  const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
-  // Bulwark: the restore's own seconds (inside the agent, repository open excluded); restic: its process
-  const rr = { ...bwRestores[0]!.rr, seconds: mean(bwRestores.map((b) => b.rr.seconds)), cpuSeconds: mean(bwRestores.map((b) => b.rr.cpuSeconds)) };
-  const rest = { t: { ...bwRestores[0]!.t, peakMB: Math.max(...bwRestores.map((b) => b.t.peakMB)), cpu: mean(bwRestores.map((b) => b.t.cpu)) } };
-  const rRest = { ...rsRestores[0]!.t, wall: mean(rsRestores.map((r) => r.t.wall)), peakMB: Math.max(...rsRestores.map((r) => r.t.peakMB)), cpu: mean(rsRestores.map((r) => r.t.cpu)) };
-  const vB = { ok: bwRestores.every((b) => b.ok) };
-  const vR = { ok: rsRestores.every((r) => r.ok) };
-  log(`  mean of ${RESTORE_ROUNDS}: Bulwark ${fmt(rr.seconds, 2)} s (${bwRestores.map((b) => fmt(b.rr.seconds, 2)).join(', ')}), restic ${fmt(rRest.wall, 2)} s (${rsRestores.map((r) => fmt(r.t.wall, 2)).join(', ')})`);
-  rows.push({ op: '(c) restore A', tool: 'Bulwark', seconds: rr.seconds, bytes: A.bytes, files: A.files.length, peakMB: rest.t.peakMB, cpu: rest.t.cpu, note: `${vB.ok ? 'verified' : 'MISMATCH'}; mean of ${RESTORE_ROUNDS}` });
-  rows.push({ op: '(c) restore A', tool: 'restic', seconds: rRest.wall, bytes: A.bytes, files: A.files.length, peakMB: rRest.peakMB, cpu: rRest.cpu, note: `${vR.ok ? 'verified' : 'MISMATCH'}; mean of ${RESTORE_ROUNDS}` });
-
   // (b) tree T: full, then 10 changes, then the incremental ---------------------------------------
   log(`\n(b) tree T (${T.files.length} files): full backup, change ${CHANGED} files, incremental`);
   await settle();
@@ -581,6 +575,60 @@ async function run(s3: ReturnType<typeof s3Env>): Promise<void> {
   log(`  restic: full ${fmt(rFullT.wall, 2)} s (peak RSS ${fmt(rFullT.peakMB, 0)} MB, CPU ${fmt(rFullT.cpu, 1)} s); incremental ${fmt(rIncT.wall, 2)} s (peak RSS ${fmt(rIncT.peakMB, 0)} MB, CPU ${fmt(rIncT.cpu, 1)} s): files changed ${rsI.files_changed}, new ${rsI.files_new}, unmodified ${rsI.files_unmodified}, data added ${rsI.data_added} B`);
   rows.push({ op: '(b) full backup T', tool: 'restic', seconds: rFullT.wall, bytes: T.bytes, files: T.files.length, peakMB: rFullT.peakMB, cpu: rFullT.cpu });
   rows.push({ op: '(b) incremental T', tool: 'restic', seconds: rIncT.wall, bytes: T.bytes, files: T.files.length, peakMB: rIncT.peakMB, cpu: rIncT.cpu });
+
+  // (c) full restore of A (last: it drops the page cache, which would make (b) read T cold) -----
+  // Two rounds in alternating order (Bulwark, restic; then restic, Bulwark), each restore started on
+  // a settled disk (sync, page cache dropped) into a fresh directory, with every earlier output left
+  // in place until the run ends: in one fixed order without that, the second tool wrote while the
+  // kernel flushed the first one's gigabyte, which favoured whoever went first (Bulwark, up to
+  // session 2); and deleting each output before the next restore slowed every later restore.
+  log(`\n(c) full restore of A into an empty directory: ${RESTORE_ROUNDS} rounds in alternating order, each on a settled disk`);
+  // each restore into a directory of its own, all kept until the end of the run (see cleanup)
+  const tgtB = (): string => path.join(BASE, `restore-bulwark-${bwRestores.length}`);
+  const tgtR = (): string => path.join(BASE, `restore-restic-${rsRestores.length}`);
+  const bwRestores: Array<{ rr: NonNullable<AgentResult['restore']>; t: Timed; ok: boolean }> = [];
+  const rsRestores: Array<{ t: Timed; ok: boolean }> = [];
+  const bulwarkRestore = async (): Promise<void> => {
+    await settle(true);
+    const target = tgtB();
+    const rest = await runAgent('restore', { ...common, bucket: bwA, dataDir: path.join(BASE, `state-restore-${bwRestores.length}`), snapshotId: readFileSync(path.join(BASE, 'snap-a'), 'utf8'), target }, agentEnv(repoA.masterKey), undefined, AGENT_FLAGS);
+    const rr = rest.r.restore!;
+    const vB = verifyRestore(A, dirA, target);
+    log(`  Bulwark: restore ${fmt(rr.seconds, 2)} s (agent process ${fmt(rest.t.wall, 2)} s wall, open ${fmt(rest.r.openSeconds, 2)} s), CPU in restore ${fmt(rr.cpuSeconds, 1)} s (${fmt((rr.cpuSeconds / rr.seconds) * 100, 0)}% of one core), event loop busy ${fmt(rr.eventLoopUtilization * 100, 0)}%, peak RSS ${fmt(rest.t.peakMB, 0)} MB`);
+    log(`    CPU s by thread (threads alive at the end): ${threadLine(rr.threads)}`);
+    log(`    page cache dropped before: ${cacheDropped ? 'yes' : 'NO (not root?)'}; ranges fetched by the workers ${rr.ranges?.direct ?? 0} (failed ${rr.ranges?.directFailed ?? 0}), through the store ${rr.ranges?.viaStore ?? 0}`);
+    log(`    ${rr.files} files, ${fmt(rr.bytes / 1e6)} MB, ${rr.errors} errors${rr.errors ? ` ${JSON.stringify(rr.firstErrors)}` : ''}; S3 busy ${fmt(rr.s3.busyMs / 1000, 2)} s; ${Object.entries(rr.s3.ops).map(([k, v]) => `${k} ${v.n}${v.bytes ? ` (${fmt(v.bytes / 1e6)} MB)` : ''}`).join(', ')}`);
+    log(`    verify: ${vB.ok ? 'MATCH' : 'MISMATCH'} — ${vB.detail}`);
+    bwRestores.push({ rr, t: rest.t, ok: vB.ok });
+  };
+  const resticRestore = async (): Promise<void> => {
+    await settle(true);
+    const target = tgtR();
+    const t = await restic(rsA, ['restore', 'latest', '--target', target]);
+    const vR = verifyRestore(A, dirA, target);
+    log(`  restic: ${fmt(t.wall, 2)} s wall, peak RSS ${fmt(t.peakMB, 0)} MB, CPU ${fmt(t.cpu, 1)} s`);
+    log(`    verify: ${vR.ok ? 'MATCH' : 'MISMATCH'} — ${vR.detail}`);
+    rsRestores.push({ t, ok: vR.ok });
+  };
+  for (let round = 0; round < RESTORE_ROUNDS; round++) {
+    if (round % 2 === 0) {
+      await bulwarkRestore();
+      await resticRestore();
+    } else {
+      await resticRestore();
+      await bulwarkRestore();
+    }
+  }
+  const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+  // Bulwark: the restore's own seconds (inside the agent, repository open excluded); restic: its process
+  const rr = { ...bwRestores[0]!.rr, seconds: mean(bwRestores.map((b) => b.rr.seconds)), cpuSeconds: mean(bwRestores.map((b) => b.rr.cpuSeconds)) };
+  const rest = { t: { ...bwRestores[0]!.t, peakMB: Math.max(...bwRestores.map((b) => b.t.peakMB)), cpu: mean(bwRestores.map((b) => b.t.cpu)) } };
+  const rRest = { ...rsRestores[0]!.t, wall: mean(rsRestores.map((r) => r.t.wall)), peakMB: Math.max(...rsRestores.map((r) => r.t.peakMB)), cpu: mean(rsRestores.map((r) => r.t.cpu)) };
+  const vB = { ok: bwRestores.every((b) => b.ok) };
+  const vR = { ok: rsRestores.every((r) => r.ok) };
+  log(`  mean of ${RESTORE_ROUNDS}: Bulwark ${fmt(rr.seconds, 2)} s (${bwRestores.map((b) => fmt(b.rr.seconds, 2)).join(', ')}), restic ${fmt(rRest.wall, 2)} s (${rsRestores.map((r) => fmt(r.t.wall, 2)).join(', ')})`);
+  rows.push({ op: '(c) restore A', tool: 'Bulwark', seconds: rr.seconds, bytes: A.bytes, files: A.files.length, peakMB: rest.t.peakMB, cpu: rest.t.cpu, note: `${vB.ok ? 'verified' : 'MISMATCH'}; mean of ${RESTORE_ROUNDS}` });
+  rows.push({ op: '(c) restore A', tool: 'restic', seconds: rRest.wall, bytes: A.bytes, files: A.files.length, peakMB: rRest.peakMB, cpu: rRest.cpu, note: `${vR.ok ? 'verified' : 'MISMATCH'}; mean of ${RESTORE_ROUNDS}` });
 
   // summary ----------------------------------------------------------------------------------------
   log('\nsummary (MB = 10^6 B; MB/s and files/s = dataset size / seconds; for incrementals that is the size of the whole tree T)');
