@@ -6,7 +6,8 @@
  *   inflate  the compression flag byte, then zstd or raw (compress.ts decompress)
  *   verify   HMAC-SHA256 under the host's id key must equal the blob id (pack.ts openBlob)
  *   write    to each target with synchronous calls: a file made of this one blob is created
- *            ('wx', 0600), written, given its owner, mode and times, closed and renamed into place;
+ *            ('wx'; with its final mode when the umask allows, else 0600 and an fchmod), written,
+ *            given its owner, mode and times, closed and renamed into place;
  *            a part of a larger file is written at its offset into the temporary file the main
  *            thread created
  * and the reply says, per blob, whether it was genuine and, per target, what was written. A blob
@@ -17,6 +18,7 @@
  * The workers run plain JavaScript from a source string (`eval`), like common/repo/seal-pool.ts,
  * with the format's constants; the restore tests run through this pool and compare every byte.
  */
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import { WorkerPool } from '../../common/worker-pool.js';
@@ -67,6 +69,7 @@ const decompressor = new zstd.Decompressor();
 const idKey = Buffer.from(workerData.idKey);
 const encKey = Buffer.from(workerData.encKey);
 const N = ${NONCE_BYTES}, T = ${TAG_BYTES};
+const UMASK = workerData.umask;
 function openBlob(id, sealed, rawLength) {
   if (sealed.length < N + T + 1) throw new Error('sealed data too short');
   const d = createDecipheriv('aes-256-gcm', encKey, sealed.subarray(0, N));
@@ -91,11 +94,15 @@ function openBlob(id, sealed, rawLength) {
 }
 function writeTarget(t, plain) {
   if (t.whole) {
-    const fd = fs.openSync(t.tmp, 'wx', 0o600);
+    // created with its final permission bits when the umask leaves them as they are: one system
+    // call less per file (20,000 small files: 20,000 fchmods); set-id and sticky bits always get one
+    const mode = t.whole.mode;
+    const exact = UMASK >= 0 && (mode & 0o7000) === 0 && (mode & UMASK) === 0;
+    const fd = fs.openSync(t.tmp, 'wx', exact ? mode & 0o777 : 0o600);
     try {
       fs.writeSync(fd, plain, 0, plain.length, 0);
       if (t.whole.owner) { try { fs.fchownSync(fd, t.whole.owner.uid, t.whole.owner.gid); } catch {} }
-      fs.fchmodSync(fd, t.whole.mode);
+      if (!exact) fs.fchmodSync(fd, mode);
       fs.futimesSync(fd, t.whole.time, t.whole.time);
     } finally {
       fs.closeSync(fd);
@@ -202,12 +209,22 @@ parentPort.on('message', async (m) => {
 });
 `;
 
+/** The process's umask (Linux: /proc/self/status), or -1 when unknown (every file then gets its fchmod). */
+function currentUmask(): number {
+  try {
+    const m = /^Umask:\s*([0-7]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    return m ? parseInt(m[1]!, 8) : -1;
+  } catch {
+    return -1;
+  }
+}
+
 export class WritePool {
   private readonly pool: WorkerPool<{ seq: number; out: BlobOutcome[]; fetchError?: string; plains?: Array<Uint8Array | undefined> }>;
 
   constructor(keys: HostKeys, workers = Math.min(4, os.availableParallelism())) {
     const zstdPath = createRequire(import.meta.url).resolve('zstd-napi');
-    this.pool = new WorkerPool(WORKER_SOURCE, { zstdPath, idKey: new Uint8Array(keys.id), encKey: new Uint8Array(keys.enc) }, workers, 'restore');
+    this.pool = new WorkerPool(WORKER_SOURCE, { zstdPath, idKey: new Uint8Array(keys.id), encKey: new Uint8Array(keys.enc), umask: currentUmask() }, workers, 'restore');
   }
 
   /** Verify and write the blobs of one fetched range. `bytes` is moved to the worker (copied first if it shares its buffer). */

@@ -151,3 +151,26 @@ describe('restore: the workers fetch ranges themselves', () => {
     expect(r.ranges.direct).toBeGreaterThan(20);
   });
 });
+
+describe('restore: modes of one-blob files written by the workers', () => {
+  it('modes the umask would change, set-id bits and no bits at all come back exact (created with the mode or fixed with fchmod)', async () => {
+    const store = new MemoryStore();
+    const repo = await Repository.init(store, { passphrase: 'pw', lock });
+    const host = repo.host('h');
+    const src = path.join(tmp, 'modes');
+    await fs.mkdir(src);
+    const modes = [0o644, 0o600, 0o664, 0o666, 0o777, 0o000, 0o4755, 0o2750, 0o1644];
+    for (const m of modes) {
+      const p = path.join(src, `m${m.toString(8)}`);
+      await fs.writeFile(p, `mode ${m.toString(8)}`);
+      await fs.chmod(p, m);
+    }
+    const { index } = await host.loadIndex();
+    const b = await backup({ host, index, roots: [src], hostname: 'h', lock, expiresAt: lock.retainUntil, treeCache: new MemoryTreeCache() });
+    const target = path.join(tmp, 'modes-out');
+    const r = await restore({ host, index: (await host.loadIndex()).index, manifest: b.manifest, target, workers: 2 });
+    expect(r.errors).toEqual([]);
+    for (const m of modes) expect(((await fs.stat(path.join(target, src, `m${m.toString(8)}`))).mode & 0o7777).toString(8)).toBe(m.toString(8));
+    expect(await compareTrees(src, path.join(target, src))).toEqual([]);
+  });
+});
