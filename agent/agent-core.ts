@@ -214,10 +214,10 @@ export class AgentCore {
       dirty.set(root, set);
     }
 
-    // the new journal states of a full or reconcile walk (every entry) go to LevelDB as the walk
-    // produces them, not into memory; an incremental's few are simply kept
+    // the new journal states of a full or reconcile walk go to LevelDB as the walk produces them,
+    // not into memory (a full walk's as a whole new generation); an incremental's few are simply kept
     const stages = new Map<string, StagedStates>();
-    for (const [root, journal] of this.journals) if (modes[root] !== 'journal') stages.set(root, await journal.stageStates());
+    for (const [root, journal] of this.journals) if (modes[root] !== 'journal') stages.set(root, await journal.stageStates({ complete: modes[root] === 'full' }));
     const result = await backup({
       stateSinks: stages,
       host,

@@ -258,6 +258,90 @@ describe('staged states (a backup that does not hold its states)', () => {
   });
 });
 
+/** Keys of the journal's raw LevelDB under sublevel `name` (the journal closed). */
+async function rawKeys(name: string): Promise<string[]> {
+  const db = new Level<string, string>(join(dir, 'journal'));
+  try {
+    const keys: string[] = [];
+    for await (const k of db.keys({ gt: `!${name}!`, lt: `!${name}!\uffff` })) keys.push(k);
+    return keys;
+  } finally {
+    await db.close();
+  }
+}
+
+describe('complete stages (a full walk: a new generation of states)', () => {
+  it('replace every state at the commit without moving them; the old generation is cleared; reads follow across reopen', async () => {
+    let j = await open({ commitBatch: 3 });
+    await j.watchStarted();
+    await j.commitBackup({ snapshotId: 's1', clearedUpToSeq: j.beginBackup().seq, states: [['old-only', entry(1)], ['kept', entry(2)], ['d/x', entry(3)]] });
+    await j.markDirty([{ path: 'kept', event: 'change' }]);
+    const start = j.beginBackup();
+    const stage = await j.stageStates({ complete: true });
+    // still the previous states while the walk stages the new ones
+    for (let i = 0; i < 7; i++) await stage.add(`f${i}`, entry(10 + i));
+    await stage.add('kept', entry(20));
+    await stage.add('d/x', null);
+    expect((await collect(j.states())).map((x) => x.path)).toEqual(['d/x', 'kept', 'old-only']);
+    const r = await j.commitBackup({ snapshotId: 's2', clearedUpToSeq: start.seq, states: stage, scanned: true });
+    expect(r).toMatchObject({ written: 8, deleted: 1, cleared: 1, trust: { trusted: true } });
+    // exactly what the walk staged: 'old-only' (not seen by the walk) and 'd/x' (gone) are not there
+    expect((await collect(j.states())).map((x) => x.path)).toEqual(['f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'f6', 'kept']);
+    expect(await j.getState('kept')).toEqual(entry(20));
+    expect(await j.getState('old-only')).toBeUndefined();
+    expect(await collect(j.dirtyPaths())).toEqual([]);
+    await j.close();
+    journal = undefined;
+    expect(await rawKeys('state')).toEqual([]); // generation 0, replaced
+    expect((await rawKeys('state@1')).length).toBe(8);
+    j = await open();
+    expect(await j.getState('f6')).toEqual(entry(16));
+    expect((await j.getMeta()).lastSnapshotId).toBe('s2');
+    // and again: generation 2, then a plain (incremental) commit on top of it
+    const again = await j.stageStates({ complete: true });
+    await again.add('only', entry(5));
+    await j.commitBackup({ snapshotId: 's3', clearedUpToSeq: j.beginBackup().seq, states: again, scanned: true });
+    await j.commitBackup({ snapshotId: 's4', clearedUpToSeq: j.beginBackup().seq, states: [['more', entry(6)]] });
+    expect((await collect(j.states())).map((x) => x.path)).toEqual(['more', 'only']);
+    await j.close();
+    journal = undefined;
+    expect(await rawKeys('state@1')).toEqual([]);
+    expect((await rawKeys('state@2')).length).toBe(2);
+  });
+
+  it('one that is not committed (a crash mid-walk) leaves the previous states, and is cleared on open', async () => {
+    let j = await open({ commitBatch: 2 });
+    await j.commitBackup({ snapshotId: 's1', clearedUpToSeq: j.beginBackup().seq, states: [['a', entry(1)]] });
+    const stage = await j.stageStates({ complete: true });
+    for (let i = 0; i < 5; i++) await stage.add(`n${i}`, entry(i));
+    await stage.flush();
+    await j.close();
+    journal = undefined;
+    expect((await rawKeys('state@1')).length).toBe(5);
+    j = await open();
+    expect((await collect(j.states())).map((x) => x.path)).toEqual(['a']);
+    expect((await j.getMeta()).lastSnapshotId).toBe('s1');
+    await j.close();
+    journal = undefined;
+    expect(await rawKeys('state@1')).toEqual([]);
+  });
+
+  it('rebuilds the hard-link records from the walk: names seen stay, names not seen leave', async () => {
+    const j = await open({ commitBatch: 2 });
+    await j.commitBackup({ snapshotId: 's1', clearedUpToSeq: j.beginBackup().seq, states: [['a/x', linked(10, 2)], ['b/y', linked(10, 2)], ['c/z', linked(11, 2)], ['c/w', linked(11, 2)]] });
+    expect(j.linkedPaths().sort()).toEqual(['a/x', 'b/y', 'c/w', 'c/z']);
+    const stage = await j.stageStates({ complete: true });
+    await stage.add('a/x', linked(10, 2));
+    await stage.add('b/y', linked(10, 2));
+    await stage.add('c/z', entry(1)); // now a single name; c/w not seen at all
+    await stage.add('n/new', linked(12, 2));
+    await stage.add('n/new2', linked(12, 2));
+    await j.commitBackup({ snapshotId: 's2', clearedUpToSeq: j.beginBackup().seq, states: stage, scanned: true });
+    expect(j.linkedPaths().sort()).toEqual(['a/x', 'b/y', 'n/new', 'n/new2']);
+    expect((await j.trustStatus()).trusted).toBe(false); // no watcher attached: the commit's own rule
+  });
+});
+
 describe('files with several names (hard links)', () => {
   it('linkedPaths lists them; a name gone, now single or under a removed directory leaves; it survives a reopen', async () => {
     let j = await open();
