@@ -341,6 +341,7 @@ async function main(): Promise<void> {
           bytes: r.bytes,
           errors: r.errors.length,
           firstErrors: r.errors.slice(0, 3),
+          ranges: r.ranges,
         },
         mem: memory(),
       });
