@@ -193,15 +193,19 @@ class RestoreRun {
     // a big snapshot: the workers start now, so the plan's trees come through them too
     const stats = this.o.manifest.stats;
     if (stats.files >= 256 || stats.bytes >= 8 * 1024 * 1024) this.startFetching(false);
+    let failed = false;
     try {
       await this.planAndFetch();
+      throwIfAborted(this.o.signal);
     } catch (err) {
       // the plan failed (or was cancelled) with fetches on their way: the rest of them give up
+      failed = true;
       if (this.fetch) this.fetch.failure ??= err;
       throw err;
     } finally {
       if (this.fetch) await Promise.allSettled(this.fetch.inFlight);
       await this.pool?.close();
+      if (failed) await this.removeTemporaries();
     }
     await this.finishLinks();
     await this.finishDirs();
@@ -634,6 +638,19 @@ class RestoreRun {
     const h = job.handle;
     job.handle = undefined;
     await h?.then((fh) => fh.close(), () => undefined);
+  }
+
+  /**
+   * A restore that stops (cancelled, or a failure it cannot go on from) removes the temporaries of
+   * the files it had not finished: a later restore by this same process would leave them alone
+   * (they carry a live pid). Files already renamed into place stay.
+   */
+  private async removeTemporaries(): Promise<void> {
+    for (const job of this.files) {
+      if (job.remaining === 0 || job.failed || job.created === undefined) continue;
+      await this.closeHandle(job);
+      await fs.rm(job.tmp, { force: true }).catch(() => undefined);
+    }
   }
 
   private failFile(job: FileJob, reason: string): void {

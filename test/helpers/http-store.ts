@@ -11,7 +11,7 @@ import http, { type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { BlobStore, DirectRead } from '../../common/storage/blob-store.js';
 
-export type HttpFault = { status: number } | 'ignore-range' | 'cut-short' | undefined;
+export type HttpFault = { status: number } | { delayMs: number } | 'ignore-range' | 'cut-short' | undefined;
 
 export interface HttpStore {
   /** The wrapped store plus `directRead`. */
@@ -31,7 +31,8 @@ export async function serveOverHttp(inner: BlobStore): Promise<HttpStore> {
       gets++;
       const key = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname.slice(1));
       const fault = state.fault(key);
-      if (fault && typeof fault === 'object') {
+      if (fault && typeof fault === 'object' && 'delayMs' in fault) await new Promise((r) => setTimeout(r, fault.delayMs));
+      else if (fault && typeof fault === 'object') {
         res.writeHead(fault.status).end('refused');
         return;
       }

@@ -174,3 +174,48 @@ describe('restore: modes of one-blob files written by the workers', () => {
     expect(await compareTrees(src, path.join(target, src))).toEqual([]);
   });
 });
+
+describe('restore: cancelled', () => {
+  it.each([{ direct: true }, { direct: false }])('an abort mid-restore ends it with ABORTED; a rerun with overwrite completes it and sweeps the temporaries (direct reads: $direct)', async ({ direct }) => {
+    const w = await world(`abort-${direct}`);
+    const http = await serveOverHttp(w.store);
+    servers.push(http);
+    // every pack read takes 30 ms, through the workers or through the store: the abort lands mid-way
+    http.fault = () => ({ delayMs: 30 });
+    const slow = new Proxy(w.store, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver);
+        if (prop === 'get') return async (...args: Parameters<MemoryStore['get']>) => (await new Promise((r) => setTimeout(r, 30)), target.get(...args));
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
+    const host = through(w.host, direct ? http.store : slow);
+    const index = (await w.host.loadIndex()).index;
+    const target = path.join(tmp, `abort-${direct}-out`);
+    const ac = new AbortController();
+    let seen = 0;
+    const started = Date.now();
+    await expect(
+      restore({ host, index, manifest: w.manifest, target, workers: 2, fetchIdleAfter: 8, directReads: direct, signal: ac.signal, onProgress: (p) => {
+        seen = p.filesDone;
+        if (p.filesDone >= 1) ac.abort();
+      } }),
+    ).rejects.toMatchObject({ code: 'ABORTED' });
+    expect(seen).toBeGreaterThanOrEqual(1);
+    expect(seen).toBeLessThan(136);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    http.fault = () => undefined;
+    const r = await restore({ host: w.host, index, manifest: w.manifest, target, workers: 2, overwrite: true });
+    expect(r.errors).toEqual([]);
+    expect(await compareTrees(w.src, path.join(target, w.src))).toEqual([]);
+    const leftovers: string[] = [];
+    const walk = async (d: string): Promise<void> => {
+      for (const e of await fs.readdir(d, { withFileTypes: true })) {
+        if (e.name.startsWith('.bwr-')) leftovers.push(path.join(d, e.name));
+        if (e.isDirectory()) await walk(path.join(d, e.name));
+      }
+    };
+    await walk(target);
+    expect(leftovers).toEqual([]);
+  });
+});
