@@ -539,7 +539,7 @@ class RestoreRun {
       const o = outcomes[i]!;
       const use = sent[i]!;
       if (!o.genuine) {
-        later.push(this.refetch(g.pack, use, blobs[i]!.targets.map((t) => ({ file: this.files[t.file]!, offset: t.offset }))));
+        later.push(this.refetch(g.pack, use, blobs[i]!.targets.map((t) => ({ file: this.files[t.file]!, offset: t.offset, whole: t.whole !== undefined }))));
         continue;
       }
       for (const r of o.targets) {
@@ -564,7 +564,7 @@ class RestoreRun {
   }
 
   /** A blob whose fetched bytes were not genuine: the tamper-proof read (older versions of the pack), then written here. */
-  private async refetch(pack: string, use: BlobUse, targets: Array<{ file: FileJob; offset: number }>): Promise<void> {
+  private async refetch(pack: string, use: BlobUse, targets: Array<{ file: FileJob; offset: number; whole: boolean }>): Promise<void> {
     let plain: Buffer;
     try {
       plain = await this.o.host.loadBlob(use.id, use.loc, this.o.signal);
@@ -575,8 +575,10 @@ class RestoreRun {
       return;
     }
     for (const t of targets) {
-      // a whole-file target was not created by the worker: write it the main thread's way
-      if (t.offset === 0 && t.file.remaining === 1) t.file.created = undefined;
+      // a whole-file target was not created by the worker: write it the main thread's way. (Only
+      // those: the first blob of a larger file whose other blobs are written already also has
+      // offset 0 and one blob to go, and its temporary exists.)
+      if (t.whole) t.file.created = undefined;
       await this.writers.run(() => this.write(t.file, plain, t.offset));
     }
   }

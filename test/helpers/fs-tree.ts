@@ -47,16 +47,16 @@ async function digest(p: string): Promise<string> {
   return createHash('sha256').update(await fs.readFile(p)).digest('hex');
 }
 
-/** Compare `actual` against `expected`: every entry by type, content, mode, mtime (ms), link target. */
+/** Compare `actual` against `expected`: every entry by type, content, mode, mtime (µs), link target. */
 export async function compareTrees(expected: string, actual: string, opts: { mtimeOfDirs?: boolean } = {}): Promise<Difference[]> {
   const diffs: Difference[] = [];
   async function walk(rel: string): Promise<void> {
     const e = path.join(expected, rel);
     const a = path.join(actual, rel);
-    const es = await fs.lstat(e);
+    const es = await fs.lstat(e, { bigint: true });
     let as;
     try {
-      as = await fs.lstat(a);
+      as = await fs.lstat(a, { bigint: true });
     } catch {
       diffs.push({ path: rel, what: 'missing' });
       return;
@@ -66,8 +66,10 @@ export async function compareTrees(expected: string, actual: string, opts: { mti
       diffs.push({ path: rel, what: `type ${type(es)} vs ${type(as)}` });
       return;
     }
-    if (!es.isSymbolicLink() && (es.mode & 0o7777) !== (as.mode & 0o7777)) diffs.push({ path: rel, what: `mode ${(es.mode & 0o7777).toString(8)} vs ${(as.mode & 0o7777).toString(8)}` });
-    if ((!es.isDirectory() || opts.mtimeOfDirs !== false) && Math.floor(es.mtimeMs) !== Math.floor(as.mtimeMs)) diffs.push({ path: rel, what: `mtime ${es.mtimeMs} vs ${as.mtimeMs}` });
+    if (!es.isSymbolicLink() && (es.mode & 0o7777n) !== (as.mode & 0o7777n)) diffs.push({ path: rel, what: `mode ${(es.mode & 0o7777n).toString(8)} vs ${(as.mode & 0o7777n).toString(8)}` });
+    // to the microsecond, as restores promise, in integers: float milliseconds put a time 0.1 µs
+    // below a millisecond boundary on the boundary, and its µs-exact restore 1 µs below it
+    if ((!es.isDirectory() || opts.mtimeOfDirs !== false) && es.mtimeNs / 1000n !== as.mtimeNs / 1000n) diffs.push({ path: rel, what: `mtime ${es.mtimeNs} vs ${as.mtimeNs} ns` });
     if (es.isFile()) {
       if (es.size !== as.size) diffs.push({ path: rel, what: `size ${es.size} vs ${as.size}` });
       else if ((await digest(e)) !== (await digest(a))) diffs.push({ path: rel, what: 'content' });
