@@ -234,6 +234,7 @@ export class HostRepository {
    * Returns one promise per entry, in order.
    */
   loadBlobs(entries: Array<{ id: string; loc: BlobLocation }>, signal?: AbortSignal, fetchRange?: RangeFetcher): Array<Promise<Buffer>> {
+    const fetch = fetchRange ?? this.rangeViaStore(signal);
     const out = new Array<Promise<Buffer>>(entries.length);
     const byPack = new Map<string, number[]>();
     entries.forEach((e, i) => {
@@ -254,50 +255,37 @@ export class HostRepository {
         }
         const members = list.slice(i, j);
         i = j;
-        if (fetchRange) {
-          const blobs = members.map((m) => ({ id: entries[m]!.id, at: entries[m]!.loc.offset - start, length: entries[m]!.loc.length, rawLength: entries[m]!.loc.rawLength }));
-          const got = fetchRange(pack, start, end - start, blobs).catch((err: unknown) => {
-            if (hasCode(err, 'ABORTED')) throw err;
-            return undefined;
-          });
-          members.forEach((m, k) => {
-            const e = entries[m]!;
-            out[m] = got.then((plains) => {
-              const plain = plains?.[k];
-              // not fetched, or not genuine: the tamper-proof read
-              return plain ? Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength) : this.loadBlob(e.id, e.loc, signal);
-            });
-          });
-          continue;
-        }
-        if (members.length === 1) {
-          const e = entries[members[0]!]!;
-          out[members[0]!] = this.loadBlob(e.id, e.loc, signal);
-          continue;
-        }
-        const range = this.store
-          .get(layout.pack(this.hostId, pack), { range: { offset: start, length: end - start }, ...(signal ? { signal } : {}) })
-          .catch((err: unknown) => {
-            if (hasCode(err, 'ABORTED')) throw err;
-            return undefined; // each blob is read on its own below
-          });
-        for (const m of members) {
+        const blobs = members.map((m) => ({ id: entries[m]!.id, at: entries[m]!.loc.offset - start, length: entries[m]!.loc.length, rawLength: entries[m]!.loc.rawLength }));
+        const got = fetch(pack, start, end - start, blobs).catch((err: unknown) => {
+          if (hasCode(err, 'ABORTED')) throw err;
+          return undefined;
+        });
+        members.forEach((m, k) => {
           const e = entries[m]!;
-          out[m] = range.then((bytes) => {
-            const at = e.loc.offset - start;
-            if (bytes && bytes.length >= at + e.loc.length) {
-              try {
-                return openBlob(this.keys, Buffer.from(e.id, 'hex'), bytes.subarray(at, at + e.loc.length), e.loc.rawLength);
-              } catch {
-                // not genuine: the tamper-proof read finds a version that is
-              }
-            }
-            return this.loadBlob(e.id, e.loc, signal);
+          out[m] = got.then((plains) => {
+            const plain = plains?.[k];
+            // not fetched, or not genuine: the tamper-proof read finds a version that is
+            return plain ? Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength) : this.loadBlob(e.id, e.loc, signal);
           });
-        }
+        });
       }
     }
     return out;
+  }
+
+  /** loadBlobs' way to fetch without a RangeFetcher: one ranged GET through the store, verified here. */
+  private rangeViaStore(signal?: AbortSignal): RangeFetcher {
+    return async (pack, start, length, blobs) => {
+      const bytes = await this.store.get(layout.pack(this.hostId, pack), { range: { offset: start, length }, ...(signal ? { signal } : {}) });
+      return blobs.map((b) => {
+        if (bytes.length < b.at + b.length) return undefined;
+        try {
+          return openBlob(this.keys, Buffer.from(b.id, 'hex'), bytes.subarray(b.at, b.at + b.length), b.rawLength);
+        } catch {
+          return undefined;
+        }
+      });
+    };
   }
 
   /** Trees by id (see loadBlobs), one promise per id, in order. */
