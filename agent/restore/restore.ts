@@ -440,6 +440,8 @@ class RestoreRun {
     const hit = this.directUrls.get(pack);
     if (hit && hit.expiresAt > Date.now()) return hit;
     const d = await this.o.host.store.directRead!(layout.pack(this.o.host.hostId, pack));
+    // ranges come pack by pack: a small cache is enough, and a restore of 100,000 packs holds no 60 MB of URLs
+    if (this.directUrls.size >= 256) this.directUrls.clear();
     this.directUrls.set(pack, d);
     return d;
   }
