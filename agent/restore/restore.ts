@@ -818,7 +818,8 @@ class RestoreRun {
         ? async (pack, start, length, blobs) => {
             this.result.ranges.direct++;
             const plains = await pool.fetchBlobs(await this.directUrl(pack), start, length, blobs);
-            if (!plains) this.directFailed('a tree range');
+            if (plains) this.directFailures = 0;
+            else this.directFailed('a tree range');
             return plains;
           }
         : undefined;
