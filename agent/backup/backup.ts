@@ -9,7 +9,7 @@
  *   hash     keyed SHA-256 → blob id
  *   dedup    skip blobs the index (or this backup) already holds
  *   pack     compress (zstd) + encrypt (AES-256-GCM) into ~16 MiB packs
- *   upload   PUT each pack with the job's Object Lock and Content-MD5 (Packer)
+ *   upload   PUT each pack with the job's Object Lock and its SHA-256 as checksum (Packer)
  *   trees    each directory's tree blob, bottom-up, into the same packs
  *   index    one index object for the packs this backup added
  *   manifest the snapshot manifest, locked like everything else

@@ -5,7 +5,7 @@
  *              (every core), several chunks in flight, in completion order
  *   dedup      already in the index, or already added in this backup? then the sealed copy is dropped
  *   pack       append to the open pack; when it reaches the repository's pack size, close it
- *              (header, then SHA-256 id and MD5 on a worker when the pool runs)
+ *              (header, then its SHA-256 id on a worker when the pool runs)
  *   upload     PUT with the job's lock, several uploads in flight
  * Backpressure keeps memory bounded: at most `sealBytes` of chunks being sealed, the open pack,
  * and `uploads` packs in flight; a full upload queue stalls sealing, which stalls the reader.
@@ -201,7 +201,7 @@ export class Packer {
     const pool = this.pool;
     const upload = async (): Promise<void> => {
       try {
-        // the pack's SHA-256 (its id) and MD5 (its Content-MD5) on a worker when there are workers
+        // the pack's SHA-256 (its id, and the checksum of its PUT) on a worker when there are workers
         const pack = pool ? await pool.hashPack(bytes) : { id: contentId(bytes), bytes };
         this.resolved.set(ref, pack.id);
         await this.host.savePack(pack, this.o.lock, this.o.signal);

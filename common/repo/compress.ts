@@ -9,7 +9,7 @@
  *
  * The parameters (issue #3: compressible data must not go through the backup slower than random
  * data). After compression a stored byte still costs ~3 ns (AES-GCM, the pack copy, the pack's
- * SHA-256 and MD5), so compressing text ~5× saves ~2.5 ns per input byte, and zstd has to cost
+ * SHA-256, and an MD5 the agent computed until session 5), so compressing text ~5× saves ~2.5 ns per input byte, and zstd has to cost
  * less than that. Level 3 did not: 325–400 MB/s on real text here (2.5–3.1 ns/B). ZSTD_PARAMS is
  * level 1 (strategy "fast", one hash probe per position, minMatch 7 above 256 KiB) with
  * windowLog 21 (level 1's 19 misses repeats more than 512 KiB back in a chunk; 21 is what level 3

@@ -158,9 +158,10 @@ export class HostRepository {
     return blobId(this.keys.id, plaintext);
   }
 
-  async savePack(pack: { id: string; bytes: Buffer; md5?: string }, lock: ObjectLock, signal?: AbortSignal): Promise<SavedObject> {
+  /** Store a finished pack; `id` must be the SHA-256 of `bytes` (PackBuilder.finish, SealPool.hashPack): it is the PUT's checksum too. */
+  async savePack(pack: { id: string; bytes: Buffer }, lock: ObjectLock, signal?: AbortSignal): Promise<SavedObject> {
     const key = layout.pack(this.hostId, pack.id);
-    const r = await this.store.put(key, pack.bytes, { lock, ...(signal ? { signal } : {}), ...(pack.md5 ? { contentMD5: pack.md5 } : {}) });
+    const r = await this.store.put(key, pack.bytes, { lock, sha256: pack.id, ...(signal ? { signal } : {}) });
     return { key, id: pack.id, versionId: r.versionId, size: pack.bytes.length };
   }
 

@@ -5,7 +5,7 @@
  *   seal   plaintext chunk → blob id (HMAC-SHA256 under the host's id key) → compress (zstd, the
  *          same rule as compress.ts) → AES-256-GCM with the id as associated data (as
  *          pack.ts sealBlob): the sealed bytes in one buffer
- *   hash   a finished pack → its SHA-256 (the pack id) and its MD5 (the Content-MD5 of its PUT)
+ *   hash   a finished pack → its SHA-256 (the pack id, also the checksum its PUT carries)
  * What stays on the main thread: reading files, content-defined chunking (sequential by
  * nature), dedup, packing and uploads. Measured before (docs/benchmarks.md): the main thread was
  * 99 % busy during a full backup with three hash passes, zstd, AES-GCM and their garbage on it.
@@ -41,8 +41,6 @@ export interface SealedChunk {
 export interface PackHashes {
   /** SHA-256 of the pack, hex: its id. */
   id: string;
-  /** MD5 of the pack, base64: its Content-MD5. */
-  md5: string;
   /** The pack's bytes, moved back from the worker. */
   bytes: Buffer;
 }
@@ -102,8 +100,7 @@ parentPort.on('message', (m) => {
     } else {
       const bytes = new Uint8Array(m.bytes);
       const id = createHash('sha256').update(bytes).digest('hex');
-      const md5 = createHash('md5').update(bytes).digest('base64');
-      parentPort.postMessage({ seq: m.seq, hashId: id, md5, bytes: m.bytes }, [m.bytes]);
+      parentPort.postMessage({ seq: m.seq, hashId: id, bytes: m.bytes }, [m.bytes]);
     }
   } catch (err) {
     parentPort.postMessage({ seq: m.seq, error: String(err && err.stack || err) });
@@ -117,7 +114,6 @@ interface WorkerReply {
   id?: ArrayBuffer;
   sealed?: ArrayBuffer;
   hashId?: string;
-  md5?: string;
   bytes?: ArrayBuffer;
 }
 
@@ -147,7 +143,7 @@ export class SealPool {
   }
 
   /**
-   * SHA-256 (the pack id) and MD5 of a finished pack. `bytes` must own its ArrayBuffer whole
+   * SHA-256 (the pack id) of a finished pack. `bytes` must own its ArrayBuffer whole
    * (Buffer.concat of a pack does): it is moved to the worker and comes back as `bytes`.
    */
   async hashPack(bytes: Buffer): Promise<PackHashes> {
@@ -155,7 +151,7 @@ export class SealPool {
       bytes = Buffer.from(Uint8Array.prototype.slice.call(bytes).buffer);
     }
     const r = await this.pool.request({ kind: 'hash', bytes: bytes.buffer }, [bytes.buffer as ArrayBuffer]);
-    return { id: r.hashId!, md5: r.md5!, bytes: Buffer.from(r.bytes!) };
+    return { id: r.hashId!, bytes: Buffer.from(r.bytes!) };
   }
 
   /** Stop the workers; jobs still waiting fail. */

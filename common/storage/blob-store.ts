@@ -36,8 +36,11 @@ export interface ObjectLock {
 export interface PutOptions {
   lock?: ObjectLock;
   signal?: AbortSignal;
-  /** MD5 of the body, base64, when the caller has it already (a seal-pool worker computed it); else the store computes it. */
-  contentMD5?: string;
+  /**
+   * SHA-256 of the body, hex, when the caller has it already (a pack's id is the SHA-256 of its
+   * bytes); else the store computes it. The server verifies it: a body that does not match is refused.
+   */
+  sha256?: string;
 }
 
 export interface PutResult {
@@ -103,7 +106,7 @@ export interface BlobStore {
   /** Human-readable description for messages, e.g. `s3://bucket/prefix @ http://…`. */
   readonly description: string;
 
-  /** Write one new version. Always sends a checksum (Content-MD5) the server verifies. */
+  /** Write one new version. Always sends the body's SHA-256, which the server verifies (CHECKSUM_MISMATCH). */
   put(key: string, body: Uint8Array, opts?: PutOptions): Promise<PutResult>;
   /** Read the current version (or `versionId`), whole or a byte range. */
   get(key: string, opts?: GetOptions): Promise<Uint8Array>;

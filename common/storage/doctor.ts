@@ -6,7 +6,7 @@
  *   object-lock     must be enabled on the bucket
  *   default-retention  reported; Bulwark sets its own lock on every object, but a bucket default
  *                      also locks the objects Bulwark writes without one (none today) — a warning
- *   probe-put       a PUT with a COMPLIANCE lock and Content-MD5 succeeds, and the lock reads back
+ *   probe-put       a PUT with a COMPLIANCE lock and a SHA-256 checksum succeeds, and the lock reads back
  *   probe-delete    deleting the locked probe version is refused
  *   probe-extend    extending the probe's lock works (the maintainer's job)
  *   clock-skew      local clock vs the server's Date header: locks end by the server's clock
@@ -98,7 +98,7 @@ export async function checkBucket(store: BlobStore, o: DoctorOptions = {}): Prom
     versionId = (await store.put(key, randomBytes(64), { lock: { mode: 'COMPLIANCE', retainUntil } })).versionId;
     const head = await store.head(key, { versionId });
     if (head.lock?.mode === 'COMPLIANCE' && head.lock.retainUntil >= retainUntil) {
-      out.push({ name: 'probe-put', status: 'ok', detail: 'a PUT with a COMPLIANCE lock and Content-MD5 is stored locked' });
+      out.push({ name: 'probe-put', status: 'ok', detail: 'a PUT with a COMPLIANCE lock and a SHA-256 checksum is stored locked' });
     } else {
       out.push({ name: 'probe-put', status: 'fail', detail: 'the object was stored but its lock did not read back', fix: 'the server ignores lock headers; use a server with S3 Object Lock support' });
       return out;

@@ -57,9 +57,9 @@ export class MemoryStore implements BlobStore {
 
   async put(key: string, body: Uint8Array, opts: PutOptions = {}): Promise<PutResult> {
     throwIfAborted(opts.signal);
-    // like S3's BadDigest: a body that does not match the Content-MD5 sent with it is refused
-    if (opts.contentMD5 !== undefined && createHash('md5').update(body).digest('base64') !== opts.contentMD5) {
-      throw new BulwarkError('CHECKSUM_MISMATCH', `put ${key}: the body does not match its Content-MD5`);
+    // like S3's XAmzContentSHA256Mismatch: a body that does not match the SHA-256 sent with it is refused
+    if (opts.sha256 !== undefined && createHash('sha256').update(body).digest('hex') !== opts.sha256) {
+      throw new BulwarkError('CHECKSUM_MISMATCH', `put ${key}: the body does not match its SHA-256`);
     }
     const now = this.clock.now();
     let lock = opts.lock;

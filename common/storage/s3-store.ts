@@ -9,8 +9,11 @@
  *   - path-style addressing (option), region us-east-1 unless told;
  *   - requestChecksumCalculation WHEN_REQUIRED: the SDK's default sends bodies aws-chunked with a
  *     trailing checksum, which RGW 16.2 refuses (411);
- *   - our own Content-MD5 on every PUT: AWS refuses lock headers without a checksum, RGW verifies
- *     MD5 (BadDigest) but ignores x-amz-checksum-*, so MD5 is the one checked everywhere;
+ *   - every PUT carries the body's SHA-256 twice: as the SigV4 payload hash (x-amz-content-sha256),
+ *     which every S3 server verifies (RGW 16.2 refuses a wrong one: XAmzContentSHA256Mismatch), and
+ *     as x-amz-checksum-sha256, the checksum AWS demands with lock headers (RGW 16.2 ignores it).
+ *     A pack's id is that SHA-256, so the agent hashes each pack once for its name, its signature
+ *     and its checksum; the SDK does not hash the body again;
  *   - single PUTs only, never multipart or CopyObject: RGW 16.2 drops lock headers on both;
  *   - maxAttempts 1: retrying is RetryingStore's job, so every store retries the same way.
  */
@@ -62,8 +65,6 @@ export interface S3StoreOptions {
   requestTimeoutMs?: number;
   /** Sockets kept open to the endpoint. */
   maxSockets?: number;
-  /** Send PUT bodies with UNSIGNED-PAYLOAD (integrity from Content-MD5). Default true. */
-  unsignedPayload?: boolean;
 }
 
 export function compileS3StoreOptions(o: S3StoreOptions): Required<Omit<S3StoreOptions, 'endpoint' | 'sessionToken'>> &
@@ -79,8 +80,6 @@ export function compileS3StoreOptions(o: S3StoreOptions): Required<Omit<S3StoreO
     requestTimeoutMs: o.requestTimeoutMs ?? 120_000,
     // enough for the agent's upload/restore concurrency (≤ 16) plus listing and heads
     maxSockets: o.maxSockets ?? 32,
-    // Content-MD5 is verified by every server; hashing the body again for SigV4 only costs CPU
-    unsignedPayload: o.unsignedPayload ?? true,
   };
 }
 
@@ -194,20 +193,17 @@ export class S3Store implements BlobStore {
       },
       { step: 'deserialize', name: 'bulwarkServerDate' },
     );
-    // PUT bodies are not hashed for the signature (UNSIGNED-PAYLOAD): the Content-MD5 we send
-    // already makes the server verify every byte, and signing would hash each 16 MiB pack once
-    // more on both sides (measured: the gateway spent ~6.5 s of CPU per GiB signed against ~4.7 s
-    // unsigned, and uploads ran 1.3-1.6× faster unsigned on this 2-core machine).
-    if (o.unsignedPayload) {
-      this.client.middlewareStack.add(
-        (next, context) => async (args) => {
-          const req = args.request as { headers?: Record<string, string> };
-          if (context.commandName === 'PutObjectCommand' && req.headers) req.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
-          return next(args);
-        },
-        { step: 'build', name: 'bulwarkUnsignedPayload' },
-      );
-    }
+    // The SigV4 payload hash of a PUT is the body's SHA-256 we computed or were given (put() passes
+    // it as ChecksumSHA256): the SDK would otherwise hash each 16 MiB pack again.
+    this.client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const req = args.request as { headers?: Record<string, string> };
+        const checksum = req.headers?.['x-amz-checksum-sha256'];
+        if (context.commandName === 'PutObjectCommand' && req.headers && checksum) req.headers['x-amz-content-sha256'] = Buffer.from(checksum, 'base64').toString('hex');
+        return next(args);
+      },
+      { step: 'build', name: 'bulwarkPayloadHash' },
+    );
   }
 
   private k(key: string): string {
@@ -215,7 +211,7 @@ export class S3Store implements BlobStore {
   }
 
   async put(key: string, body: Uint8Array, opts: PutOptions = {}): Promise<PutResult> {
-    const md5 = opts.contentMD5 ?? createHash('md5').update(body).digest('base64');
+    const sha256 = opts.sha256 ?? createHash('sha256').update(body).digest('hex');
     try {
       const out = await this.client.send(
         new PutObjectCommand({
@@ -223,7 +219,7 @@ export class S3Store implements BlobStore {
           Key: this.k(key),
           Body: body,
           ContentLength: body.length,
-          ContentMD5: md5,
+          ChecksumSHA256: Buffer.from(sha256, 'hex').toString('base64'),
           ...(opts.lock
             ? { ObjectLockMode: opts.lock.mode, ObjectLockRetainUntilDate: new Date(roundUpToSecond(opts.lock.retainUntil)) }
             : {}),

@@ -8,8 +8,8 @@
  *       of the work: every byte is hashed at least twice, blob id and pack id), each stage on its
  *       own, and the same pipeline in 2 worker threads on the two halves of the data (both cores);
  *       then the backup's own write path, agent/backup/packer.ts: chunks (main thread) submitted to
- *       the Packer, sealed inline or by its SealPool (1, 2 workers), packed, hashed (SHA-256 id and
- *       Content-MD5) and handed to a bucket that drops pack bodies. Compressible data comes twice:
+ *       the Packer, sealed inline or by its SealPool (1, 2 workers), packed, hashed (SHA-256: the
+ *       pack's id and its PUT's checksum) and handed to a bucket that drops pack bodies. Compressible data comes twice:
  *       synthetic text (generateText, the same every run) and real text (realText: text files of
  *       this machine, different from machine to machine), each through the one-core pipeline and
  *       the Packer (no workers, 2 workers), with its compression ratio. "MB per CPU-s" (bytes over
@@ -567,19 +567,19 @@ function uploadNote(r: { ms: number; cpuMs: number }, m0: CpuMark, m1: CpuMark, 
 
 /**
  * A locked in-memory bucket that drops pack bodies (the upload is measured apart, in (b)), after
- * computing their Content-MD5 when the caller did not, as S3Store.put does on the main thread.
+ * computing their SHA-256 when the caller did not give it, as S3Store.put does on the main thread.
  */
 class DiscardPacks extends MemoryStore {
   override async put(key: string, body: Uint8Array, opts?: PutOptions): Promise<PutResult> {
     if (!key.includes('/data/')) return super.put(key, body, opts);
-    if (opts?.contentMD5 === undefined) createHash('md5').update(body).digest('base64');
+    if (opts?.sha256 === undefined) createHash('sha256').update(body).digest('hex');
     return { versionId: 'discarded' };
   }
 }
 
 /**
  * chunk (main thread, as the backup's reader does) → Packer.submit → SealPool workers (id, zstd,
- * AES-GCM) → pack → SHA-256 + MD5 on a worker → a store that drops the pack. `workers` 0: all on
+ * AES-GCM) → pack → SHA-256 on a worker → a store that drops the pack. `workers` 0: all on
  * the main thread, as a backup without workers.
  */
 async function runPacker(data: Uint8Array, workers: number): Promise<{ ms: number; cpuMs: number; machineMs: number; packs: number }> {
@@ -724,7 +724,7 @@ async function main(): Promise<void> {
   // the backup's own path on text: zstd is the bottleneck there, so this is where the workers matter most
   await runPacker(text.subarray(0, 32 * MiB), 2); // warm up
   const textPacker2 = await runPacker(text, 2);
-  const textPacker0 = await runPacker(text, 0); // one core, as the backup without workers: all the work, MD5 included
+  const textPacker0 = await runPacker(text, 0); // one core, as the backup without workers: all the work, the pack's SHA-256 included
   text = undefined;
   await settle();
 
@@ -765,8 +765,6 @@ async function main(): Promise<void> {
   sha(data.subarray(0, 16 * MiB)); // warm up
   const sh = sha(data);
   const shaMBps = line('sha256 (1 MiB updates): the floor', size, sh.ms, cpuNotes(sh));
-  const md5 = time(() => createHash('md5').update(data).digest());
-  const md5MBps = line('md5 (S3Store.put computes it per PUT)', size, md5.ms, cpuNotes(md5));
 
   // each stage alone (results are dropped as soon as measured)
   runPipeline(data.subarray(0, 32 * MiB), s); // warm up the JIT
@@ -901,7 +899,6 @@ async function main(): Promise<void> {
       encrypt_MBps: r1(eMBps),
       seal_MBps: r1(sealMBps),
       pack_MBps: r1(packMBps),
-      md5_MBps: r1(md5MBps),
       upload_8_MBps: r1(result.upload_8_MBps),
       rclone_default_MBps: r1(result.rclone_default_MBps),
       rclone_8_MBps: r1(result.rclone_8_MBps),

@@ -55,15 +55,15 @@ export function blobStoreConformance(name: string, h: ConformanceHarness): void 
       expect(Buffer.from(part).equals(a.subarray(1234, 1234 + 4321))).toBe(true);
     });
 
-    it('a body that does not match the Content-MD5 given with it is refused (CHECKSUM_MISMATCH); a matching one is stored', async () => {
+    it('a body that does not match the SHA-256 given with it is refused (CHECKSUM_MISMATCH); a matching one is stored', async () => {
       const s = await h.lockedStore();
       const body = randomBytes(3_000);
-      const md5 = createHash('md5').update(body).digest('base64');
-      const wrong = createHash('md5').update(randomBytes(8)).digest('base64');
-      expect(await codeOf(s.put('md5/bad', body, { lock: await lockFor(s), contentMD5: wrong }))).toBe('CHECKSUM_MISMATCH');
-      expect(await codeOf(s.head('md5/bad'))).toBe('NOT_FOUND');
-      await s.put('md5/good', body, { lock: await lockFor(s), contentMD5: md5 });
-      expect(Buffer.from(await s.get('md5/good')).equals(body)).toBe(true);
+      const sha256 = createHash('sha256').update(body).digest('hex');
+      const wrong = createHash('sha256').update(randomBytes(8)).digest('hex');
+      expect(await codeOf(s.put('sha/bad', body, { lock: await lockFor(s), sha256: wrong }))).toBe('CHECKSUM_MISMATCH');
+      expect(await codeOf(s.head('sha/bad'))).toBe('NOT_FOUND');
+      await s.put('sha/good', body, { lock: await lockFor(s), sha256 });
+      expect(Buffer.from(await s.get('sha/good')).equals(body)).toBe(true);
     });
 
     it('a range past the end of a version is CHECKSUM_MISMATCH (a short, non-genuine version)', async () => {

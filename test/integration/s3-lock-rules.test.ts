@@ -144,6 +144,24 @@ describe('Object Lock rules on the real server', () => {
     expect(err.name).toBe('BadDigest');
   });
 
+  it('verifies the SigV4 payload hash of a locked PUT (XAmzContentSHA256Mismatch), the check S3Store relies on', async () => {
+    const bucket = await createLockedBucket(s3, 'locksha');
+    const body = randomBytes(512);
+    const wrong = createHash('sha256').update(randomBytes(512)).digest('hex');
+    const setPayloadHash = (hex: string) => (next: (a: unknown) => Promise<unknown>) => async (args: unknown) => {
+      (args as { request: { headers: Record<string, string> } }).request.headers['x-amz-content-sha256'] = hex;
+      return next(args);
+    };
+    const put = (hex: string) => {
+      const c = rawClient();
+      c.middlewareStack.add(setPayloadHash(hex) as never, { step: 'build', name: 'payloadHash' });
+      return c.send(new PutObjectCommand({ Bucket: bucket, Key: 'obj', Body: body, ObjectLockMode: 'COMPLIANCE', ObjectLockRetainUntilDate: new Date(Date.now() + 60_000) }));
+    };
+    expect((await errorOf(put(wrong))).name).toBe('XAmzContentSHA256Mismatch');
+    const ok = await put(createHash('sha256').update(body).digest('hex'));
+    expect(ok.VersionId).toBeTruthy();
+  });
+
   it('negative control: without Object Lock the same delete succeeds at once', async () => {
     const bucket = await createPlainBucket(s3, 'nolock');
     const body = randomBytes(1024);
