@@ -92,9 +92,11 @@ export interface RestoreResult {
   /**
    * How pack ranges were fetched: by the worker threads themselves (`direct`, with the store's
    * presigned URLs) or through the store on the main thread (`viaStore`); `directFailed` counts
-   * worker fetches that failed and were fetched again through the store (with its retries).
+   * worker fetches that failed and were fetched again through the store (with its retries);
+   * `directResent` counts worker fetches sent again at once on a new connection because the kept-alive
+   * one they went out on closed before any byte of an answer (the server's keep-alive timeout, a reset).
    */
-  ranges: { direct: number; directFailed: number; viaStore: number };
+  ranges: { direct: number; directFailed: number; directResent: number; viaStore: number };
 }
 
 interface FileJob {
@@ -160,7 +162,7 @@ function processAlive(pid: number): boolean {
 }
 
 class RestoreRun {
-  readonly result: RestoreResult = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, errors: [], ranges: { direct: 0, directFailed: 0, viaStore: 0 } };
+  readonly result: RestoreResult = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, errors: [], ranges: { direct: 0, directFailed: 0, directResent: 0, viaStore: 0 } };
   private readonly byPack = new Map<string, Map<string, BlobUse>>();
   private readonly files: FileJob[] = [];
   private readonly symlinks: Array<{ dest: string; node: TreeNode }> = [];
@@ -204,6 +206,7 @@ class RestoreRun {
       throw err;
     } finally {
       if (this.fetch) await Promise.allSettled(this.fetch.inFlight);
+      if (this.pool) this.result.ranges.directResent = this.pool.resent;
       await this.pool?.close();
       if (failed) await this.removeTemporaries();
     }

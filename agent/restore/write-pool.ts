@@ -258,28 +258,32 @@ class Conn {
     this.sock.destroy();
   }
 }
-function fetchRangeRaw(f, u, fresh) {
+function fetchRangeRaw(f, u, fresh, ctx) {
   const port = Number(u.port || 80);
   const key = u.hostname + ':' + port;
   const reused = fresh ? undefined : (idle.get(key) || []).pop();
   const c = reused || new Conn(u.hostname, port, key);
   return new Promise((resolve, reject) => c.send(f, u.pathname + u.search, u.host, resolve, reject)).catch((e) => {
     // a kept-alive connection the server had closed fails before any byte: once more on a new one
-    if (reused && e.before) return fetchRangeRaw(f, u, true);
+    if (reused && e.before) {
+      ctx.resent++;
+      return fetchRangeRaw(f, u, true, ctx);
+    }
     throw e;
   });
 }
-function fetchRange(f) {
+function fetchRange(f, ctx) {
   const u = new URL(f.url);
-  return u.protocol === 'http:' ? fetchRangeRaw(f, u, false) : fetchRangeHttp(f);
+  return u.protocol === 'http:' ? fetchRangeRaw(f, u, false, ctx) : fetchRangeHttp(f);
 }
 parentPort.on('message', async (m) => {
   let bytes;
+  const ctx = { resent: 0 };
   if (m.fetch) {
     try {
-      bytes = await fetchRange(m.fetch);
+      bytes = await fetchRange(m.fetch, ctx);
     } catch (e) {
-      parentPort.postMessage({ seq: m.seq, fetchError: String(e && e.message || e), out: [] });
+      parentPort.postMessage({ seq: m.seq, fetchError: String(e && e.message || e), out: [], resent: ctx.resent });
       return;
     }
   } else bytes = Buffer.from(m.bytes);
@@ -293,7 +297,7 @@ parentPort.on('message', async (m) => {
       }
     });
     if (m.fetch) giveBuffer(bytes);
-    parentPort.postMessage({ seq: m.seq, out: [], plains });
+    parentPort.postMessage({ seq: m.seq, out: [], plains, resent: ctx.resent });
     return;
   }
   const out = [];
@@ -318,7 +322,7 @@ parentPort.on('message', async (m) => {
     out.push({ genuine: true, targets });
   }
   if (m.fetch) giveBuffer(bytes);
-  parentPort.postMessage({ seq: m.seq, out });
+  parentPort.postMessage({ seq: m.seq, out, resent: ctx.resent });
 });
 `;
 
@@ -333,7 +337,9 @@ function currentUmask(): number {
 }
 
 export class WritePool {
-  private readonly pool: WorkerPool<{ seq: number; out: BlobOutcome[]; fetchError?: string; plains?: Array<Uint8Array | undefined> }>;
+  private readonly pool: WorkerPool<{ seq: number; out: BlobOutcome[]; fetchError?: string; plains?: Array<Uint8Array | undefined>; resent?: number }>;
+  /** Worker fetches sent again on a new connection: the kept-alive one closed before any byte of an answer. */
+  resent = 0;
 
   constructor(keys: HostKeys, workers = Math.min(4, os.availableParallelism())) {
     const zstdPath = createRequire(import.meta.url).resolve('zstd-napi');
@@ -353,6 +359,7 @@ export class WritePool {
    */
   async fetchAndRun(read: DirectRead, start: number, length: number, blobs: WriteBlob[], onFetchError?: (reason: string) => void): Promise<BlobOutcome[] | undefined> {
     const r = await this.pool.request({ fetch: { url: read.url, start, length, timeoutMs: read.timeoutMs }, blobs }, []);
+    this.resent += r.resent ?? 0;
     if (r.fetchError !== undefined) {
       onFetchError?.(r.fetchError);
       return undefined;
@@ -367,6 +374,7 @@ export class WritePool {
    */
   async fetchBlobs(read: DirectRead, start: number, length: number, blobs: Array<{ id: string; at: number; length: number; rawLength: number }>): Promise<Array<Uint8Array | undefined> | undefined> {
     const r = await this.pool.request({ fetch: { url: read.url, start, length, timeoutMs: read.timeoutMs }, blobs, verifyOnly: true }, []);
+    this.resent += r.resent ?? 0;
     return r.fetchError !== undefined ? undefined : r.plains;
   }
 
