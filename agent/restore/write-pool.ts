@@ -62,15 +62,15 @@ const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createDecipheriv, createHmac, timingSafeEqual } = require('node:crypto');
 const fs = require('node:fs');
-const http = require('node:http');
 const net = require('node:net');
-const https = require('node:https');
+const tls = require('node:tls');
 const zstd = require(workerData.zstdPath);
 const decompressor = new zstd.Decompressor();
 const idKey = Buffer.from(workerData.idKey);
 const encKey = Buffer.from(workerData.encKey);
 const N = ${NONCE_BYTES}, T = ${TAG_BYTES};
 const UMASK = workerData.umask;
+const TLS_CA = workerData.tlsCa;
 function openBlob(id, sealed, rawLength) {
   if (sealed.length < N + T + 1) throw new Error('sealed data too short');
   const d = createDecipheriv('aes-256-gcm', encKey, sealed.subarray(0, N));
@@ -119,8 +119,6 @@ function writeTarget(t, plain) {
   }
   return false;
 }
-// keep-alive sockets of this worker's own, for ranges it fetches itself (m.fetch)
-const agents = { 'http:': new http.Agent({ keepAlive: true }), 'https:': new https.Agent({ keepAlive: true }) };
 // Range buffers are reused: a fresh 8 MiB buffer per range meant 1 GB of new pages to fault in
 // and zero per GB restored (the kernel's clear_page was 5 % of the restore's samples).
 const free = [];
@@ -132,59 +130,36 @@ function takeBuffer(n) {
 function giveBuffer(b) {
   if (b.buffer.byteLength === POOLED && free.length < ${POOL_KEEP}) free.push(Buffer.from(b.buffer, 0, POOLED));
 }
-function fetchRangeHttp(f) {
-  return new Promise((resolve, reject) => {
-    const u = new URL(f.url);
-    const mod = u.protocol === 'https:' ? https : http;
-    const req = mod.get(u, { agent: agents[u.protocol], headers: { range: 'bytes=' + f.start + '-' + (f.start + f.length - 1) } }, (res) => {
-      if (res.statusCode !== 206) {
-        res.resume();
-        reject(new Error('HTTP ' + res.statusCode));
-        return;
-      }
-      // straight into one buffer of the range's size: no list of chunks, no concatenation
-      const out = takeBuffer(f.length);
-      let at = 0;
-      res.on('data', (c) => {
-        if (at + c.length > f.length) {
-          req.destroy(new Error('the server sent more than the range'));
-          return;
-        }
-        c.copy(out, at);
-        at += c.length;
-      });
-      res.on('end', () => (at === f.length ? resolve(out) : reject(new Error('body cut short: ' + at + ' of ' + f.length + ' bytes'))));
-      res.on('error', reject);
-      res.on('aborted', () => reject(new Error('response aborted')));
-    });
-    req.setTimeout(f.timeoutMs, () => req.destroy(new Error('no data for ' + f.timeoutMs + ' ms')));
-    req.on('error', reject);
-  });
-}
-// Plain-HTTP ranges (no TLS): a minimal HTTP/1.1 GET over net.Socket whose reads land straight in
-// the range's buffer (the socket's onread buffer is the rest of the body), so the kernel copies each
-// byte once and nothing else touches it: no 64 KiB chunk per read, no stream machinery, no copy
-// into the range buffer (measured: those were ~25 % of a write worker's CPU). It speaks only what a
+// Ranges are fetched with a minimal HTTP/1.1 GET over a socket (net, or tls for https) whose reads
+// land straight in the range's buffer (the socket's onread buffer is the rest of the body): over
+// plain HTTP the kernel copies each byte once, over TLS OpenSSL decrypts into it, and nothing else
+// touches it: no 64 KiB chunk per read, no stream machinery, no copy into the range buffer (measured
+// over HTTP: those were ~25 % of a write worker's CPU with Node's http client). It speaks only what a
 // presigned GET needs: a 206 with a Content-Length equal to the range; anything else fails the
-// fetch (the socket is dropped) and the range goes through the store. https keeps Node's client.
+// fetch (the socket is dropped) and the range goes through the store.
 const HEAD_MAX = 16384;
 const idle = new Map(); // "host:port" → idle keep-alive connections
 class Conn {
-  constructor(host, port, key) {
+  constructor(secure, host, port, key) {
     this.key = key;
     this.head = Buffer.allocUnsafe(HEAD_MAX);
     this.headLen = 0;
     this.req = undefined;
     this.closed = false;
-    this.sock = net.connect({ host, port, onread: { buffer: () => this.next(), callback: (n) => this.onRead(n) } });
+    const onread = { buffer: () => this.next(), callback: (n) => this.onRead(n) };
+    this.sock = secure
+      ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host, ...(TLS_CA ? { ca: TLS_CA } : {}), onread })
+      : net.connect({ host, port, onread });
     this.sock.setNoDelay(true);
     this.sock.on('timeout', () => this.fail(new Error('no data for ' + (this.req ? this.req.timeoutMs : 0) + ' ms')));
     this.sock.on('error', (e) => this.fail(e));
     this.sock.on('close', () => this.fail(new Error('connection closed')));
   }
-  // where the next read lands: the rest of the body, or header space
+  // where the next read lands: the rest of the body, or header space. Never an empty buffer: a TLS
+  // socket handed one reads nothing, forever (the event loop hangs in it), even once destroyed.
   next() {
     const r = this.req;
+    if (this.closed) return this.head;
     if (r && r.inBody) return r.out.subarray(r.at);
     return this.head.subarray(this.headLen, HEAD_MAX);
   }
@@ -246,6 +221,7 @@ class Conn {
   fail(e) {
     const r = this.req;
     this.req = undefined;
+    this.headLen = 0;
     this.destroy();
     if (r) r.reject(Object.assign(e instanceof Error ? e : new Error(String(e)), { before: !r.got }));
   }
@@ -259,10 +235,12 @@ class Conn {
   }
 }
 function fetchRangeRaw(f, u, fresh, ctx) {
-  const port = Number(u.port || 80);
-  const key = u.hostname + ':' + port;
+  const secure = u.protocol === 'https:';
+  const port = Number(u.port || (secure ? 443 : 80));
+  const host = u.hostname.replace(/^\\[|\\]$/g, ''); // [::1] → ::1
+  const key = u.protocol + host + ':' + port;
   const reused = fresh ? undefined : (idle.get(key) || []).pop();
-  const c = reused || new Conn(u.hostname, port, key);
+  const c = reused || new Conn(secure, host, port, key);
   return new Promise((resolve, reject) => c.send(f, u.pathname + u.search, u.host, resolve, reject)).catch((e) => {
     // a kept-alive connection the server had closed fails before any byte: once more on a new one
     if (reused && e.before) {
@@ -274,7 +252,8 @@ function fetchRangeRaw(f, u, fresh, ctx) {
 }
 function fetchRange(f, ctx) {
   const u = new URL(f.url);
-  return u.protocol === 'http:' ? fetchRangeRaw(f, u, false, ctx) : fetchRangeHttp(f);
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') return Promise.reject(new Error('not an http(s) URL'));
+  return fetchRangeRaw(f, u, false, ctx);
 }
 parentPort.on('message', async (m) => {
   let bytes;
@@ -341,9 +320,13 @@ export class WritePool {
   /** Worker fetches sent again on a new connection: the kept-alive one closed before any byte of an answer. */
   resent = 0;
 
-  constructor(keys: HostKeys, workers = Math.min(4, os.availableParallelism())) {
+  /**
+   * `tlsCa`: the certificates (PEM) the workers trust for https ranges instead of Node's defaults
+   * (tests; a private CA is otherwise given with NODE_EXTRA_CA_CERTS, as for the S3 client).
+   */
+  constructor(keys: HostKeys, workers = Math.min(4, os.availableParallelism()), o: { tlsCa?: string } = {}) {
     const zstdPath = createRequire(import.meta.url).resolve('zstd-napi');
-    this.pool = new WorkerPool(WORKER_SOURCE, { zstdPath, idKey: new Uint8Array(keys.id), encKey: new Uint8Array(keys.enc), umask: currentUmask() }, workers, 'restore');
+    this.pool = new WorkerPool(WORKER_SOURCE, { zstdPath, idKey: new Uint8Array(keys.id), encKey: new Uint8Array(keys.enc), umask: currentUmask(), tlsCa: o.tlsCa }, workers, 'restore');
   }
 
   /** Verify and write the blobs of one fetched range. `bytes` is moved to the worker (copied first if it shares its buffer). */

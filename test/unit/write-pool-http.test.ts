@@ -1,17 +1,19 @@
 /**
- * The restore workers' own HTTP/1.1 client for plain-HTTP ranges (agent/restore/write-pool.ts), against
- * a raw TCP server whose answers are scripted byte by byte: the cases Node's http client used to
- * handle for us. Each fetch asks for a range of a "pack" of three sealed blobs and has the worker
+ * The restore workers' own HTTP/1.1 client for ranges (agent/restore/write-pool.ts), over plain TCP and
+ * over TLS, against a raw server whose answers are scripted byte by byte: the cases Node's http client
+ * used to handle for us. Each fetch asks for a range of a "pack" of three sealed blobs and has the worker
  * verify them (WritePool.fetchBlobs), so a wrong byte anywhere shows as an unverified blob, and a
  * refused fetch as `undefined` (the restore then reads that range through the store).
  */
 import { randomBytes } from 'node:crypto';
 import net, { type AddressInfo, type Socket } from 'node:net';
+import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { blobId } from '../../common/repo/crypto.js';
 import { deriveHostKeys, newMasterKey } from '../../common/repo/keys.js';
 import { sealBlob } from '../../common/repo/pack.js';
 import { WritePool } from '../../agent/restore/write-pool.js';
+import { createCA, issueServerCert } from '../../common/pki.js';
 
 const keys = deriveHostKeys(newMasterKey(), 'h');
 const plains = [randomBytes(3000), randomBytes(200_000), randomBytes(70_000)];
@@ -33,8 +35,8 @@ let requests = 0;
 let connections = 0;
 const sockets = new Set<Socket>();
 
-/** A server that reads request heads and answers each with the current script. */
-const server = net.createServer((sock) => {
+/** Reads request heads and answers each with the current script. */
+function onConnection(sock: Socket): void {
   connections++;
   sockets.add(sock);
   sock.on('close', () => sockets.delete(sock));
@@ -49,7 +51,7 @@ const server = net.createServer((sock) => {
     }
   });
   sock.on('error', () => undefined);
-});
+}
 
 function head(status: string, headers: Record<string, string | number>): Buffer {
   return Buffer.from(`HTTP/1.1 ${status}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`, 'latin1');
@@ -59,28 +61,36 @@ function ranged(r: { start: number; end: number }, extra: Record<string, string 
   return { head: head('206 Partial Content', { 'Content-Length': body.length, 'Content-Range': `bytes ${r.start}-${r.end}/${pack.length}`, ...extra }), body };
 }
 
-let pool: WritePool;
-let url: string;
-beforeAll(async () => {
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/bucket/pack?X-Amz-Signature=abc`;
-  pool = new WritePool(keys, 1);
-});
-afterAll(async () => {
-  await pool.close();
-  for (const s of sockets) s.destroy();
-  await new Promise((r) => server.close(r));
-});
-
-const read = (timeoutMs = 5_000) => ({ url, expiresAt: Date.now() + 600_000, timeoutMs });
-/** Fetch the whole pack as one range; the blobs' plaintexts, verified, or undefined. */
-const fetchAll = (timeoutMs?: number) => pool.fetchBlobs(read(timeoutMs), 0, pack.length, blobs);
 const expectGenuine = (got: Array<Uint8Array | undefined> | undefined) => {
   expect(got).toBeDefined();
   got!.forEach((p, i) => expect(Buffer.from(p!).equals(plains[i]!)).toBe(true));
 };
 
-describe('restore workers: ranged GETs over plain HTTP', () => {
+for (const scheme of ['http', 'https'] as const) describe(`restore workers: ranged GETs over ${scheme}`, () => {
+  let pool: WritePool;
+  let url: string;
+  let server: net.Server;
+  beforeAll(async () => {
+    let tlsCa: string | undefined;
+    if (scheme === 'https') {
+      const ca = await createCA('write-pool test CA');
+      const cert = await issueServerCert(ca, { ips: ['127.0.0.1'] });
+      server = tls.createServer({ key: cert.keyPem, cert: cert.certPem }, onConnection);
+      tlsCa = ca.certPem;
+    } else server = net.createServer(onConnection);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    url = `${scheme}://127.0.0.1:${(server.address() as AddressInfo).port}/bucket/pack?X-Amz-Signature=abc`;
+    pool = new WritePool(keys, 1, tlsCa ? { tlsCa } : {});
+  });
+  afterAll(async () => {
+    await pool.close();
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => server.close(r));
+  });
+  const read = (timeoutMs = 5_000) => ({ url, expiresAt: Date.now() + 600_000, timeoutMs });
+  /** Fetch the whole pack as one range; the blobs' plaintexts, verified, or undefined. */
+  const fetchAll = (timeoutMs?: number) => pool.fetchBlobs(read(timeoutMs), 0, pack.length, blobs);
+
   it('head and body in one write, then the same connection again (keep-alive)', async () => {
     script = (s, r) => {
       const x = ranged(r);
@@ -183,6 +193,23 @@ describe('restore workers: ranged GETs over plain HTTP', () => {
         s.write(Buffer.concat([x.head, x.body]));
       };
       expectGenuine(await fetchAll());
+    });
+  }
+
+  if (scheme === 'https') {
+    it('a server certificate the worker does not trust: refused, nothing fetched', async () => {
+      script = (s, r) => {
+        const x = ranged(r);
+        s.write(Buffer.concat([x.head, x.body]));
+      };
+      const n = requests;
+      const untrusting = new WritePool(keys, 1);
+      try {
+        expect(await untrusting.fetchBlobs(read(), 0, pack.length, blobs)).toBeUndefined();
+      } finally {
+        await untrusting.close();
+      }
+      expect(requests).toBe(n);
     });
   }
 
