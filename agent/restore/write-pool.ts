@@ -138,7 +138,7 @@ function giveBuffer(b) {
 // presigned GET needs: a 206 with a Content-Length equal to the range; anything else fails the
 // fetch (the socket is dropped) and the range goes through the store.
 const HEAD_MAX = 16384;
-const idle = new Map(); // "host:port" → idle keep-alive connections
+const idle = new Map(); // "protocol host:port" → idle keep-alive connections
 class Conn {
   constructor(secure, host, port, key) {
     this.key = key;
@@ -196,6 +196,7 @@ class Conn {
       else if (name === 'transfer-encoding') return this.fail(new Error('a chunked body where a range was expected'));
       else if (name === 'connection' && value.toLowerCase() === 'close') r.close = true;
     }
+    if (length < 0) return this.fail(new Error('no Content-Length'));
     if (length !== r.length) return this.fail(new Error(length < r.length ? 'body cut short: ' + length + ' of ' + r.length + ' bytes' : 'the server sent more than the range'));
     const extra = this.headLen - end - 4;
     if (extra > r.length) return this.fail(new Error('the server sent more than the range'));

@@ -53,6 +53,12 @@ function onConnection(sock: Socket): void {
   sock.on('error', () => undefined);
 }
 
+/** The right answer: a 206 with the range, head and body in one write. */
+const answer: Script = (s, r) => {
+  const x = ranged(r);
+  s.write(Buffer.concat([x.head, x.body]));
+};
+
 function head(status: string, headers: Record<string, string | number>): Buffer {
   return Buffer.from(`HTTP/1.1 ${status}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`, 'latin1');
 }
@@ -92,10 +98,7 @@ for (const scheme of ['http', 'https'] as const) describe(`restore workers: rang
   const fetchAll = (timeoutMs?: number) => pool.fetchBlobs(read(timeoutMs), 0, pack.length, blobs);
 
   it('head and body in one write, then the same connection again (keep-alive)', async () => {
-    script = (s, r) => {
-      const x = ranged(r);
-      s.write(Buffer.concat([x.head, x.body]));
-    };
+    script = answer;
     const before = connections;
     expectGenuine(await fetchAll());
     expectGenuine(await fetchAll());
@@ -143,10 +146,7 @@ for (const scheme of ['http', 'https'] as const) describe(`restore workers: rang
   });
 
   it('a kept-alive connection the server closed is replaced once, without failing the fetch', async () => {
-    script = (s, r) => {
-      const x = ranged(r);
-      s.write(Buffer.concat([x.head, x.body]));
-    };
+    script = answer;
     expectGenuine(await fetchAll());
     // the next request on the kept-alive connection meets a server that closes it (a keep-alive
     // timeout crossing the request): no byte of an answer, so the worker asks again on a new connection
@@ -159,8 +159,7 @@ for (const scheme of ['http', 'https'] as const) describe(`restore workers: rang
         s.destroy(); // the stale connection: closed with no answer
         return;
       }
-      const x = ranged(r);
-      s.write(Buffer.concat([x.head, x.body]));
+      answer(s, r, 0);
     };
     const resent = pool.resent;
     expectGenuine(await fetchAll());
@@ -173,14 +172,15 @@ for (const scheme of ['http', 'https'] as const) describe(`restore workers: rang
     ['a status other than 206 (403)', (s) => s.write(Buffer.concat([head('403 Forbidden', { 'Content-Length': 6 }), Buffer.from('denied')]))],
     ['200 with the whole object (Range ignored)', (s) => s.write(Buffer.concat([head('200 OK', { 'Content-Length': pack.length }), pack]))],
     ['a chunked body', (s) => s.write(Buffer.concat([head('206 Partial Content', { 'Transfer-Encoding': 'chunked' }), Buffer.from('10\r\n0123456789abcdef\r\n0\r\n\r\n')]))],
+    ['no Content-Length (a body ended by closing)', (s, r) => s.end(Buffer.concat([head('206 Partial Content', {}), ranged(r).body]))],
     ['a Content-Length shorter than the range', (s, r) => { const x = ranged(r); s.write(Buffer.concat([head('206 Partial Content', { 'Content-Length': x.body.length - 1 }), x.body.subarray(1)])); }],
     ['the body cut short by a closed connection', (s, r) => { const x = ranged(r); s.end(Buffer.concat([x.head, x.body.subarray(0, 1000)])); }],
     ['bytes changed in transit', (s, r) => { const x = ranged(r); const body = Buffer.from(x.body); body[body.length >> 1]! ^= 1; s.write(Buffer.concat([x.head, body])); }],
     ['not HTTP at all', (s) => s.write('SSH-2.0-OpenSSH_9.2\r\n\r\n')],
   ];
-  for (const [what, answer] of refused) {
+  for (const [what, bad] of refused) {
     it(`refused: ${what}`, async () => {
-      script = answer;
+      script = bad;
       const got = await fetchAll();
       if (what === 'bytes changed in transit') {
         // the fetch itself succeeded; the blob holding the flipped byte does not verify, the others do
@@ -188,20 +188,14 @@ for (const scheme of ['http', 'https'] as const) describe(`restore workers: rang
         expect(got!.filter((p) => p === undefined)).toHaveLength(1);
       } else expect(got).toBeUndefined();
       // and the worker is still good for the next fetch
-      script = (s, r) => {
-        const x = ranged(r);
-        s.write(Buffer.concat([x.head, x.body]));
-      };
+      script = answer;
       expectGenuine(await fetchAll());
     });
   }
 
   if (scheme === 'https') {
     it('a server certificate the worker does not trust: refused, nothing fetched', async () => {
-      script = (s, r) => {
-        const x = ranged(r);
-        s.write(Buffer.concat([x.head, x.body]));
-      };
+      script = answer;
       const n = requests;
       const untrusting = new WritePool(keys, 1);
       try {
