@@ -6,7 +6,7 @@
 #           wait until a signed request answers, write the env file. Idempotent: when the
 #           cluster in DIR already answers, it only prints the env.
 #   down    stop the daemons by pid (radosgw, then OSD, then mon) and remove the cluster files.
-#   env     print `export …` lines for the endpoint and keys (eval "$(scripts/s3-local.sh env)").
+#   env     print `export …` lines for the endpoint, keys and DIR (eval "$(scripts/s3-local.sh env)").
 #   status  exit 0 when the gateway in DIR answers a signed request.
 #
 # Knobs (environment): BULWARK_S3_DIR (default .s3-local in the repo), RGW_PORT=7480,
@@ -38,6 +38,7 @@ export BULWARK_S3_ENDPOINT=http://127.0.0.1:$RGW_PORT
 export BULWARK_S3_ACCESS_KEY=$AK
 export BULWARK_S3_SECRET_KEY=$SK
 export BULWARK_S3_REGION=us-east-1
+export BULWARK_S3_DIR=$DIR
 EOF
 }
 

@@ -382,11 +382,15 @@ interface LocalCluster {
 }
 
 function localCluster(endpoint: string): LocalCluster | undefined {
-  const host = new URL(endpoint).hostname;
-  if (host !== '127.0.0.1' && host !== 'localhost' && host !== '[::1]') return undefined;
+  const u = new URL(endpoint);
+  if (u.hostname !== '127.0.0.1' && u.hostname !== 'localhost' && u.hostname !== '[::1]') return undefined;
   const dir = process.env.BULWARK_S3_DIR ?? fileURLToPath(new URL('../../.s3-local', import.meta.url));
   const conf = path.join(dir, 'ceph.conf');
-  return existsSync(conf) ? { conf, run: path.join(dir, 'run') } : undefined;
+  if (!existsSync(conf)) return undefined;
+  // only the cluster that serves this endpoint: another local one's CPU and free space are not this one's
+  // (an endpoint of a second cluster with BULWARK_S3_DIR unset read the idle default cluster's CPU)
+  const port = /^rgw frontends = beast endpoint=[^:\s]+:(\d+)/m.exec(readFileSync(conf, 'utf8'))?.[1];
+  return port === (u.port || '80') ? { conf, run: path.join(dir, 'run') } : undefined;
 }
 
 /** Free bytes on the cluster's one OSD (memstore: RAM), from its admin socket. */
