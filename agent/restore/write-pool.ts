@@ -316,8 +316,17 @@ function currentUmask(): number {
   }
 }
 
+interface WorkerReply {
+  seq: number;
+  out: BlobOutcome[];
+  fetchError?: string;
+  plains?: Array<Uint8Array | undefined>;
+  /** GETs the worker sent again on a new connection (its kept-alive one had closed). */
+  resent?: number;
+}
+
 export class WritePool {
-  private readonly pool: WorkerPool<{ seq: number; out: BlobOutcome[]; fetchError?: string; plains?: Array<Uint8Array | undefined>; resent?: number }>;
+  private readonly pool: WorkerPool<WorkerReply>;
   /** Worker fetches sent again on a new connection: the kept-alive one closed before any byte of an answer. */
   resent = 0;
 
@@ -342,8 +351,7 @@ export class WritePool {
    * nothing was written, and the caller fetches the range its own way.
    */
   async fetchAndRun(read: DirectRead, start: number, length: number, blobs: WriteBlob[], onFetchError?: (reason: string) => void): Promise<BlobOutcome[] | undefined> {
-    const r = await this.pool.request({ fetch: { url: read.url, start, length, timeoutMs: read.timeoutMs }, blobs }, []);
-    this.resent += r.resent ?? 0;
+    const r = await this.fetchOnWorker(read, start, length, { blobs });
     if (r.fetchError !== undefined) {
       onFetchError?.(r.fetchError);
       return undefined;
@@ -357,12 +365,18 @@ export class WritePool {
    * whole when the fetch failed. For blobs the main thread needs itself (the plan's trees).
    */
   async fetchBlobs(read: DirectRead, start: number, length: number, blobs: Array<{ id: string; at: number; length: number; rawLength: number }>): Promise<Array<Uint8Array | undefined> | undefined> {
-    const r = await this.pool.request({ fetch: { url: read.url, start, length, timeoutMs: read.timeoutMs }, blobs, verifyOnly: true }, []);
-    this.resent += r.resent ?? 0;
+    const r = await this.fetchOnWorker(read, start, length, { blobs, verifyOnly: true });
     return r.fetchError !== undefined ? undefined : r.plains;
   }
 
   close(): Promise<void> {
     return this.pool.close();
+  }
+
+  /** One range fetched by a worker (with its blobs to write, or to return verified); counts the GETs it resent. */
+  private async fetchOnWorker(read: DirectRead, start: number, length: number, job: { blobs: unknown[]; verifyOnly?: true }): Promise<WorkerReply> {
+    const r = await this.pool.request({ fetch: { url: read.url, start, length, timeoutMs: read.timeoutMs }, ...job }, []);
+    this.resent += r.resent ?? 0;
+    return r;
   }
 }
