@@ -98,7 +98,7 @@ parentPort.on('message', (m) => {
       const idb = new Uint8Array(id).buffer;
       parentPort.postMessage({ seq: m.seq, id: idb, sealed: out.buffer, plain: m.plain }, [idb, out.buffer, m.plain]);
     } else {
-      const bytes = new Uint8Array(m.bytes);
+      const bytes = new Uint8Array(m.bytes, 0, m.length);
       const id = createHash('sha256').update(bytes).digest('hex');
       parentPort.postMessage({ seq: m.seq, hashId: id, bytes: m.bytes }, [m.bytes]);
     }
@@ -143,15 +143,18 @@ export class SealPool {
   }
 
   /**
-   * SHA-256 (the pack id) of a finished pack. `bytes` must own its ArrayBuffer whole
-   * (Buffer.concat of a pack does): it is moved to the worker and comes back as `bytes`.
+   * SHA-256 (the pack id) of a finished pack. A pack that starts at the start of its ArrayBuffer
+   * (PackBuilder's do) is not copied: the whole ArrayBuffer moves to the worker and comes back as
+   * `bytes`, so nothing else may use it meanwhile. Anything else (a view into a larger buffer, or
+   * possibly into Node's shared pool of small buffers) is copied first.
    */
   async hashPack(bytes: Buffer): Promise<PackHashes> {
-    if (bytes.byteOffset !== 0 || bytes.byteLength !== bytes.buffer.byteLength) {
+    if (bytes.byteOffset !== 0 || bytes.buffer.byteLength <= Buffer.poolSize) {
       bytes = Buffer.from(Uint8Array.prototype.slice.call(bytes).buffer);
     }
-    const r = await this.pool.request({ kind: 'hash', bytes: bytes.buffer }, [bytes.buffer as ArrayBuffer]);
-    return { id: r.hashId!, bytes: Buffer.from(r.bytes!) };
+    const length = bytes.length;
+    const r = await this.pool.request({ kind: 'hash', bytes: bytes.buffer, length }, [bytes.buffer as ArrayBuffer]);
+    return { id: r.hashId!, bytes: Buffer.from(r.bytes!, 0, length) };
   }
 
   /** Stop the workers; jobs still waiting fail. */

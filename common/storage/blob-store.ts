@@ -106,7 +106,10 @@ export interface BlobStore {
   /** Human-readable description for messages, e.g. `s3://bucket/prefix @ http://…`. */
   readonly description: string;
 
-  /** Write one new version. Always sends the body's SHA-256, which the server verifies (CHECKSUM_MISMATCH). */
+  /**
+   * Write one new version. Always sends the body's SHA-256, which the server verifies (CHECKSUM_MISMATCH).
+   * The store does not use `body` once the returned promise settles: the backup reuses pack buffers.
+   */
   put(key: string, body: Uint8Array, opts?: PutOptions): Promise<PutResult>;
   /** Read the current version (or `versionId`), whole or a byte range. */
   get(key: string, opts?: GetOptions): Promise<Uint8Array>;

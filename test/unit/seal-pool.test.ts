@@ -2,7 +2,7 @@
  * SealPool: the worker threads must produce exactly what the main thread's format code would —
  * blob ids, the compress-or-not choice, sealed bytes that openBlob accepts — and the pack hashes.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomFillSync } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { compressParts } from '../../common/repo/compress.js';
 import { blobId, open } from '../../common/repo/crypto.js';
@@ -64,6 +64,17 @@ describe('SealPool', () => {
     const h = await pool.hashPack(bytes);
     expect(h.id).toBe(createHash('sha256').update(copy).digest('hex'));
     expect(h.bytes.equals(copy)).toBe(true);
+  });
+
+  it('hashes a pack built at the start of a larger buffer (PackBuilder in a reused buffer) and hands back that buffer', async () => {
+    const big = Buffer.allocUnsafeSlow(1 << 20);
+    randomFillSync(big);
+    const pack = big.subarray(0, 300_000);
+    const copy = Buffer.from(pack);
+    const h = await pool.hashPack(pack);
+    expect(h.id).toBe(createHash('sha256').update(copy).digest('hex'));
+    expect(h.bytes.equals(copy)).toBe(true);
+    expect(h.bytes.buffer.byteLength).toBe(1 << 20); // not a copy: the whole buffer went and came back
   });
 
   it('hashes a pack that is a view into a larger buffer', async () => {
