@@ -24,7 +24,7 @@ import path from 'node:path';
 import { Level } from 'level';
 import { BulwarkError, hasCode } from '../common/errors.js';
 import type { BlobIndex } from '../common/repo/blob-index.js';
-import type { PackEntry } from '../common/repo/pack.js';
+import { decodeEntries } from '../common/repo/pack.js';
 import type { HostRepository } from '../common/repo/repository.js';
 import type { SnapshotManifest } from '../common/repo/snapshot.js';
 import type { ObjectLock } from '../common/storage/blob-store.js';
@@ -90,7 +90,8 @@ export interface RestoreJob {
 
 interface PackLogEntry {
   retainUntil: number;
-  entries: Array<[type: 0 | 1, id: string, offset: number, length: number, rawLength: number]>;
+  /** The pack's entries, encoded as in its header (pack.ts encodeEntries), in base64; absent in logs of earlier builds. */
+  header?: string;
 }
 
 export class AgentCore {
@@ -288,10 +289,7 @@ export class AgentCore {
   }
 
   private async logPack(p: UploadedPack, retainUntil: number): Promise<void> {
-    await this.packLog.put(p.id, {
-      retainUntil,
-      entries: p.entries.map((e) => [e.type === 'data' ? 0 : 1, e.id.toString('hex'), e.offset, e.length, e.rawLength]),
-    }, { sync: true });
+    await this.packLog.put(p.id, { retainUntil, header: p.entries.toString('base64') }, { sync: true });
   }
 
   /**
@@ -301,10 +299,11 @@ export class AgentCore {
   private async adoptPacks(index: BlobIndex, expiresAt: number): Promise<UploadedPack[]> {
     const out: UploadedPack[] = [];
     for await (const [id, e] of this.packLog.iterator()) {
-      if (e.retainUntil < expiresAt || index.hasPack(id)) continue;
-      const entries: PackEntry[] = e.entries.map(([t, bid, offset, length, rawLength]) => ({ type: t === 0 ? 'data' : 'tree', id: Buffer.from(bid, 'hex'), offset, length, rawLength }));
-      index.addPack(id, entries);
-      out.push({ id, entries, size: 0 });
+      // a log of an earlier build (entries as JSON) is not read: its packs are left to the groomer
+      if (e.retainUntil < expiresAt || e.header === undefined || index.hasPack(id)) continue;
+      const header = Buffer.from(e.header, 'base64');
+      index.addPack(id, decodeEntries(header));
+      out.push({ id, entries: header, size: 0 });
     }
     return out;
   }

@@ -165,7 +165,7 @@ export class HostRepository {
     return { key, id: pack.id, versionId: r.versionId, size: pack.bytes.length };
   }
 
-  async saveIndex(packs: ReadonlyArray<{ id: string; entries: readonly PackEntry[] }>, lock: ObjectLock, signal?: AbortSignal): Promise<SavedObject> {
+  async saveIndex(packs: ReadonlyArray<{ id: string; entries: readonly PackEntry[] | Buffer }>, lock: ObjectLock, signal?: AbortSignal): Promise<SavedObject> {
     const bytes = encodeIndex(this.keys, packs);
     const id = contentId(bytes);
     const key = layout.index(this.hostId, id);
