@@ -28,6 +28,7 @@
  *       also one when the full backup has done N files, to FILE.at-N.heapsnapshot), BENCH_SMAPS=1
  *       (print resident memory by kind of mapping after the full backup, on stderr), BENCH_ALLOC_PROF=1
  *       (V8's sampling heap profiler over the full backup, garbage included: the top allocating functions),
+ *       BENCH_TRACE=1 (every 100 ms sample of RSS, heap, external memory and array buffers, on stderr),
  *       BULWARK_S3_* (the endpoint; when unset, `scripts/s3-local.sh up` is run).
  * Needs /usr/bin/time. S3 space: ~110 MB per run (T once, locked for BENCH_LOCK_SECONDS, default 600).
  * MB = 10^6 bytes.
@@ -56,6 +57,7 @@ const WAIT_MS = Number(process.env.BENCH_WAIT_MS ?? 1000);
 const LOCK_SECONDS = Number(process.env.BENCH_LOCK_SECONDS ?? 600);
 const WATCH = process.env.BENCH_WATCH !== '0';
 const RUNNER = process.env.BENCH_RUNNER ?? 'compiled';
+const TRACE = process.env.BENCH_TRACE === '1';
 const AGENT_FLAGS = (process.env.BENCH_AGENT_FLAGS ?? '').split(' ').filter((f) => f !== '');
 /** The agent in low-memory mode (as bin/bulwark starts it with BULWARK_LOW_MEMORY=1); in the child, from that variable. */
 const LOW_MEMORY = process.env.BENCH_LOW_MEMORY === '1' || process.env.BULWARK_LOW_MEMORY === '1';
@@ -126,8 +128,11 @@ class Sampler {
   readonly peaks: Record<string, { rssMB: number; heapUsedMB: number; heapTotalMB: number; externalMB: number; arrayBuffersMB: number }> = {};
   private readonly timer = setInterval(() => this.sample(), 100).unref();
 
+  private readonly t0 = performance.now();
+
   sample(): void {
     const m = process.memoryUsage();
+    if (TRACE) console.error(`trace ${this.phase} ${((performance.now() - this.t0) / 1000).toFixed(1)} s: rss ${mb(m.rss)} heap ${mb(m.heapUsed)}/${mb(m.heapTotal)} external ${mb(m.external)} array buffers ${mb(m.arrayBuffers)}`);
     const p = this.peaks[this.phase];
     if (!p || m.rss / 1e6 > p.rssMB) {
       this.peaks[this.phase] = { rssMB: mb(m.rss), heapUsedMB: mb(m.heapUsed), heapTotalMB: mb(m.heapTotal), externalMB: mb(m.external), arrayBuffersMB: mb(m.arrayBuffers) };
