@@ -94,6 +94,8 @@ export interface BackupOptions {
   sealWorkers?: number;
   /** Data sealed on the main thread before the workers start (see Packer). */
   sealInlineBytes?: number;
+  /** Entries per index object, at most (default INDEX_ENTRIES; a pack's entries stay in one object). */
+  indexEntries?: number;
   /**
    * Known lock ends of packs (lower bounds: locks only ever grow). Packs the new snapshot reuses
    * whose known lock ends before `expiresAt` are checked with HEAD; updated in place.
@@ -231,9 +233,13 @@ class BackupRun {
       });
     }
 
-    const newPacks = [...(o.adoptedPacks ?? []), ...this.packer.uploaded];
+    // index objects of at most ~INDEX_ENTRIES entries each (a pack's entries stay together): a
+    // first backup of 100,000 small files encoded, compressed and sealed one object of 4.9 MB at
+    // its very end, a spike of ~19 MB over the whole backup's peak memory
     const indexes: string[] = [];
-    if (newPacks.length > 0) indexes.push((await o.host.saveIndex(newPacks, o.lock, o.signal)).id);
+    for (const group of groupPacks([...(o.adoptedPacks ?? []), ...this.packer.uploaded], o.indexEntries ?? INDEX_ENTRIES)) {
+      indexes.push((await o.host.saveIndex(group, o.lock, o.signal)).id);
+    }
 
     const total = roots.reduce((a, r) => addCounts(a, r.stats), ZERO);
     const stats: SnapshotStats = {
@@ -594,4 +600,29 @@ export async function backup(o: BackupOptions): Promise<BackupResult> {
   } finally {
     await run.close();
   }
+}
+
+/** Entries per index object, at most (unless one pack has more). */
+export const INDEX_ENTRIES = 16_384;
+
+/**
+ * Packs in groups of at most `limit` entries in all, in order; a pack with more entries than that
+ * is a group of its own.
+ */
+export function groupPacks<P extends { entries: Buffer }>(packs: readonly P[], limit: number): P[][] {
+  const groups: P[][] = [];
+  let group: P[] = [];
+  let n = 0;
+  for (const p of packs) {
+    const count = p.entries.readUInt32LE(0);
+    if (group.length > 0 && n + count > limit) {
+      groups.push(group);
+      group = [];
+      n = 0;
+    }
+    group.push(p);
+    n += count;
+  }
+  if (group.length > 0) groups.push(group);
+  return groups;
 }

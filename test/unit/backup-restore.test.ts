@@ -7,10 +7,11 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { backup } from '../../agent/backup/backup.js';
+import { backup, groupPacks } from '../../agent/backup/backup.js';
 import { DirtySet } from '../../agent/backup/dirty-set.js';
 import { MemoryTreeCache } from '../../agent/backup/tree-cache.js';
 import { restore } from '../../agent/restore/restore.js';
+import { ENTRY_BYTES } from '../../common/repo/pack.js';
 import { Repository } from '../../common/repo/repository.js';
 import { MemoryStore } from '../../common/storage/memory-store.js';
 import { compareTrees, makeHostileTree } from '../helpers/fs-tree.js';
@@ -44,6 +45,36 @@ describe('backup and restore (MemoryStore)', () => {
     expect(await compareTrees(src, path.join(dst, src))).toEqual([]);
     const [a, b] = await Promise.all([fs.stat(path.join(dst, src, 'hardlink-a')), fs.stat(path.join(dst, src, 'hardlink-b'))]);
     expect(a.ino).toBe(b.ino);
+  });
+
+  it('splits the index into objects of a bounded number of entries; a fresh index from them restores everything', async () => {
+    const { lock, host } = await setup();
+    const src = path.join(tmp, 'src-idx');
+    await makeHostileTree(src);
+    const { index } = await host.loadIndex();
+    const r = await backup({ host, index, roots: [src], hostname: 'a', lock, expiresAt: lock.retainUntil, treeCache: new MemoryTreeCache(), indexEntries: 1 });
+    expect(r.manifest.stats.packsWritten).toBeGreaterThan(1);
+    expect(r.manifest.indexes.length).toBe(r.manifest.stats.packsWritten); // one pack each
+    const fresh = (await host.loadIndex()).index;
+    expect(fresh.size).toBe(index.size);
+    const dst = path.join(tmp, 'dst-idx');
+    const res = await restore({ host, index: fresh, manifest: await host.loadSnapshot(r.snapshotId), target: dst, workers: 0 });
+    expect(res.errors).toEqual([]);
+    expect(await compareTrees(src, path.join(dst, src))).toEqual([]);
+  });
+
+  it('groups packs for index objects in order, whole, under the limit unless one pack alone is over it', () => {
+    const pack = (id: string, n: number) => {
+      const entries = Buffer.alloc(4 + n * ENTRY_BYTES); // encoded pack entries: their count, then n of them
+      entries.writeUInt32LE(n, 0);
+      return { id, entries };
+    };
+    const ps = [pack('a', 10), pack('b', 5), pack('c', 20), pack('d', 1), pack('e', 3), pack('f', 16)];
+    const ids = (gs: Array<Array<{ id: string }>>) => gs.map((g) => g.map((p) => p.id).join(''));
+    expect(ids(groupPacks(ps, 16))).toEqual(['ab', 'c', 'de', 'f']);
+    expect(ids(groupPacks(ps, 1000))).toEqual(['abcdef']);
+    expect(ids(groupPacks(ps, 1))).toEqual(['a', 'b', 'c', 'd', 'e', 'f']);
+    expect(groupPacks([], 16)).toEqual([]);
   });
 
   it('seals on worker threads: same snapshot content, duplicates stored once, restores exactly', async () => {
