@@ -48,11 +48,6 @@ export interface AgentCoreOptions {
   /** Run chokidar watchers (default true). Without them every backup reconciles by a full scan. */
   watch?: boolean;
   onWatcherError?: (root: string, err: BulwarkError) => void;
-  /**
-   * Bound V8's heap growth during each backup (low-memory mode, agent/process-tuning.ts; default
-   * false). The setting is process-wide for the backup's duration.
-   */
-  boundHeapGrowth?: boolean;
 }
 
 export interface BackupJob {
@@ -160,8 +155,8 @@ export class AgentCore {
     if (this.busy) throw new BulwarkError('INVALID_ARGUMENT', 'a backup or restore is already running on this agent');
     this.busy = true;
     try {
-      // low-memory mode: a tight heap during the backup (agent/process-tuning.ts)
-      return await (this.o.boundHeapGrowth ? withBoundedHeapGrowth(() => this.runBackup(job)) : this.runBackup(job));
+      // a tight heap during the backup (agent/process-tuning.ts; process-wide for its duration)
+      return await withBoundedHeapGrowth(() => this.runBackup(job));
     } finally {
       this.busy = false;
     }

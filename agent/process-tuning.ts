@@ -1,41 +1,43 @@
 /**
- * The agent's low-memory mode (BULWARK_LOW_MEMORY=1; issue #4 asks for a peak RSS < 250 MB on a
- * first backup of 100,000 files). Measured on that tree (scripts/bench/agent-memory.ts), the agent's
- * live V8 heap was ~60 MB during the backup and 42 MB after it, yet the process peaked at ~440–470 MB.
- * Three settings bring it to ~225–234 MB; each costs CPU, and together they made a first backup of
- * 1 GiB of large files 37 % slower (16.5 instead of 12.1 s in the backup benchmark, behind restic), so
- * they are a mode for small hosts, not the default:
+ * The agent's memory settings (issue #4 asks for a peak RSS < 250 MB on a first backup of 100,000
+ * files). Measured on that tree (scripts/bench/agent-memory.ts), the agent's live V8 heap is ~25–45
+ * MB during the backup (session 6: the blob index and the uploaded packs' entries left V8's heap, and
+ * packs are built in reused buffers), yet with Node's defaults the process peaked at ~340–400 MB:
  *
  * - V8 lets the old generation grow to up to ~4× its live size before a full collection when that is
- *   cheap in time: 215 MB of heap for 60 MB live. `--heap-growing-percent=30` bounds the growth to
- *   1.3× the live size after each full GC. It is not a cap: a host with millions of blobs in its index
- *   gets a proportionally larger heap instead of an out-of-memory error. It takes effect when set at
- *   run time, so the agent sets it itself, during backups only (withBoundedHeapGrowth): in a restore,
- *   whose garbage is the S3 client's socket buffers, it quadrupled the CPU of V8's helper threads.
- * - The young generation: two semi-spaces of up to 16 MB by default; 8 MB took 30 MB off the peak at
- *   the same speed on that tree. Read only at start-up: bin/bulwark passes it.
- * - glibc's malloc raises its mmap threshold each time a large block (a 16 MiB pack) is freed, and
- *   later large blocks come from the brk heap. A fixed 128 KiB threshold keeps every large block in
- *   its own mapping, returned when freed (~55 MB less at the peak), but every large buffer is then
- *   faulted in afresh (~27 % more CPU on large files). Read only at start-up: bin/bulwark sets it.
+ *   cheap in time. `--heap-growing-percent=30` bounds the growth to 1.3× the live size after each
+ *   full GC. It is not a cap: a host with millions of files gets a proportionally larger heap instead
+ *   of an out-of-memory error. It takes effect when set at run time, so the agent sets it itself,
+ *   during backups only (withBoundedHeapGrowth): in a restore, whose garbage is socket buffers, it
+ *   quadrupled the CPU of V8's helper threads (session 3).
+ * - The young generation: two semi-spaces of up to 16 MB by default; 8 MB took ~20 MB off the peak.
+ *   Read only at start-up: bin/bulwark passes it to every agent process (AGENT_NODE_FLAGS).
+ * Both are the default since session 6 (~230–240 MB on that tree; they cost its first backup ~10 %
+ * of time). The low-memory mode (BULWARK_LOW_MEMORY=1) adds:
+ * - glibc's malloc raises its mmap threshold each time a large block is freed, and later large blocks
+ *   come from the brk heap. A fixed 128 KiB threshold keeps every large block in its own mapping,
+ *   returned when freed, but every large buffer is then faulted in afresh (~27 % more CPU on large
+ *   files). Read only at start-up: bin/bulwark sets it. Since packs are built in reused buffers it
+ *   saves less (a few MB on that tree; it saved ~55 MB before).
  */
 import v8 from 'node:v8';
 
+/** Node flags of every agent process, read at start-up only (the same as bin/bulwark's). */
+export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8'];
 /** glibc malloc settings of the low-memory mode, in the GLIBC_TUNABLES syntax (the same as bin/bulwark's). */
 export const LOW_MEMORY_GLIBC_TUNABLES = 'glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072';
-/** Node flags of the low-memory mode, read at start-up only (the same as bin/bulwark's). */
-export const LOW_MEMORY_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=8'];
-export const LOW_MEMORY_HEAP_GROWING_PERCENT = 30;
+/** V8's heap growth during a backup, above the live size after a full collection. */
+export const BACKUP_HEAP_GROWING_PERCENT = 30;
 
 let bounded = 0;
 
 /**
- * Run `fn` with V8's heap growth bounded to LOW_MEMORY_HEAP_GROWING_PERCENT above the live size (it
+ * Run `fn` with V8's heap growth bounded to BACKUP_HEAP_GROWING_PERCENT above the live size (it
  * takes effect at the next GC). The flag is process-wide, so overlapping calls share it until the last
  * one ends; then V8's own heuristics are back.
  */
 export async function withBoundedHeapGrowth<T>(fn: () => Promise<T>): Promise<T> {
-  if (bounded++ === 0) v8.setFlagsFromString(`--heap-growing-percent=${LOW_MEMORY_HEAP_GROWING_PERCENT}`);
+  if (bounded++ === 0) v8.setFlagsFromString(`--heap-growing-percent=${BACKUP_HEAP_GROWING_PERCENT}`);
   try {
     return await fn();
   } finally {
@@ -48,13 +50,13 @@ export async function withBoundedHeapGrowth<T>(fn: () => Promise<T>): Promise<T>
  * bin/bulwark makes them: with `lowMemory`, as for BULWARK_LOW_MEMORY=1.
  */
 export function agentProcess(env: NodeJS.ProcessEnv, lowMemory: boolean): { flags: readonly string[]; env: NodeJS.ProcessEnv } {
-  if (!lowMemory) return { flags: [], env };
+  if (!lowMemory) return { flags: AGENT_NODE_FLAGS, env };
   const tunables = env.GLIBC_TUNABLES ? `${env.GLIBC_TUNABLES}:${LOW_MEMORY_GLIBC_TUNABLES}` : LOW_MEMORY_GLIBC_TUNABLES;
-  return { flags: LOW_MEMORY_NODE_FLAGS, env: { ...env, BULWARK_LOW_MEMORY: '1', GLIBC_TUNABLES: tunables } };
+  return { flags: AGENT_NODE_FLAGS, env: { ...env, BULWARK_LOW_MEMORY: '1', GLIBC_TUNABLES: tunables } };
 }
 
-/** Whether this process got the start-up part of the low-memory mode (bin/bulwark), for a hint when not. */
-export function lowMemoryProcess(): boolean {
+/** Whether this process got bin/bulwark's start-up settings for agents (with `lowMemory`, the low-memory mode's too), for a hint when not. */
+export function startedAsAgent(lowMemory: boolean): boolean {
   const given = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)];
-  return LOW_MEMORY_NODE_FLAGS.every((f) => given.includes(f)) && (process.env.GLIBC_TUNABLES ?? '').includes(LOW_MEMORY_GLIBC_TUNABLES);
+  return AGENT_NODE_FLAGS.every((f) => given.includes(f)) && (!lowMemory || (process.env.GLIBC_TUNABLES ?? '').includes(LOW_MEMORY_GLIBC_TUNABLES));
 }

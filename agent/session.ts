@@ -28,8 +28,6 @@ export interface AgentSessionOptions {
   log?: (line: string) => void;
   /** Start watchers (default true). */
   watch?: boolean;
-  /** Low-memory mode (agent/process-tuning.ts): backups bound V8's heap growth. */
-  lowMemory?: boolean;
 }
 
 export class AgentSession {
@@ -114,7 +112,7 @@ export class AgentSession {
       secretAccessKey: c.target!.secretAccessKey,
     });
     const host = new HostRepository(store, JSON.parse(c.repoConfigJson) as RepoConfig, deriveHostKeysFromParts(c.hostId, c.keyEnc, c.keyId, c.keyChunk));
-    this.core = await AgentCore.open({ dataDir: this.o.dataDir, hostname: this.o.hostname, host, roots: c.paths, exclude: c.excludes, watch: this.o.watch ?? true, boundHeapGrowth: this.o.lowMemory ?? false, onWatcherError: (root, err) => this.log(`watcher ${root}: ${err.message}`) });
+    this.core = await AgentCore.open({ dataDir: this.o.dataDir, hostname: this.o.hostname, host, roots: c.paths, exclude: c.excludes, watch: this.o.watch ?? true, onWatcherError: (root, err) => this.log(`watcher ${root}: ${err.message}`) });
     this.configKey = key;
     this.log(`configured: ${c.paths.join(', ')}`);
   }

@@ -195,13 +195,13 @@ const commands: Record<string, (args: string[], o: Opts) => Promise<void>> = {
   async 'agent start'(_a, o) {
     const tuning = await import('../agent/process-tuning.js');
     const lowMemory = process.env.BULWARK_LOW_MEMORY === '1';
-    if (lowMemory && !tuning.lowMemoryProcess()) process.stderr.write('note: BULWARK_LOW_MEMORY=1, but started without bin/bulwark, which applies the start-up part of it (see the README, "agent memory")\n');
+    if (!tuning.startedAsAgent(lowMemory)) process.stderr.write(`note: started without bin/bulwark's start-up settings for agents${lowMemory ? ' and for BULWARK_LOW_MEMORY=1' : ''}: expect a higher memory peak (see the README, "Agent memory")\n`);
     const { enroll, loadIdentity, identityFile } = await import('../agent/identity.js');
     const { AgentSession } = await import('../agent/session.js');
     const dataDir = (o['data-dir'] as string) ?? '.bulwark/agent';
     if (o.token && !fs.existsSync(identityFile(dataDir))) await enroll(dataDir, o.token as string, hostname());
     const identity = await loadIdentity(dataDir);
-    const s = new AgentSession({ dataDir, identity, hostname: hostname(), lowMemory, log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`) });
+    const s = new AgentSession({ dataDir, identity, hostname: hostname(), log: (l) => process.stderr.write(`${new Date().toISOString()} ${l}\n`) });
     s.start();
     process.stderr.write(`agent ${identity.hostId} connecting to ${identity.address}\n`);
     await new Promise<void>((resolve) => {

@@ -20,7 +20,8 @@
  *       /tmp/bulwark-agent-mem; T is generated once in BENCH_DIR/t-<files> and reused by later runs,
  *       the agent state is created afresh), BENCH_WAIT_MS (default 1000), BENCH_WATCH=0 (no
  *       watcher: the agent without chokidar, for comparison; the incremental is then a reconcile),
- *       BENCH_AGENT_FLAGS (more node flags for the agent process, e.g. --max-semi-space-size=8),
+ *       BENCH_AGENT_FLAGS (more node flags for the agent process, after bin/bulwark's, e.g.
+ *       --max-semi-space-size=16 for Node's default young generation),
  *       BENCH_LOW_MEMORY=1 (the agent in low-memory mode, as bin/bulwark starts it with
  *       BULWARK_LOW_MEMORY=1: agent/process-tuning.ts),
  *       BENCH_RUNNER (compiled, the default, or tsx: `node --import tsx`, ~35 MB more RSS),
@@ -59,7 +60,7 @@ const WATCH = process.env.BENCH_WATCH !== '0';
 const RUNNER = process.env.BENCH_RUNNER ?? 'compiled';
 const TRACE = process.env.BENCH_TRACE === '1';
 const AGENT_FLAGS = (process.env.BENCH_AGENT_FLAGS ?? '').split(' ').filter((f) => f !== '');
-/** The agent in low-memory mode (as bin/bulwark starts it with BULWARK_LOW_MEMORY=1); in the child, from that variable. */
+/** The agent in low-memory mode (as bin/bulwark starts it with BULWARK_LOW_MEMORY=1); in the child, from that variable. Either way, bin/bulwark's flags for agents. */
 const LOW_MEMORY = process.env.BENCH_LOW_MEMORY === '1' || process.env.BULWARK_LOW_MEMORY === '1';
 const TUNING = agentProcess(process.env, LOW_MEMORY);
 const FILES = Math.max(20, Math.round(100_000 * SCALE));
@@ -192,7 +193,7 @@ async function child(a: ChildArgs): Promise<void> {
   });
   const repo = await Repository.open(store, { masterKey: Buffer.from(env('BENCH_MASTER_KEY'), 'hex') });
   const t0 = performance.now();
-  const core = await AgentCore.open({ dataDir: a.dataDir, hostname: 'bench', host: repo.host('bench'), roots: [a.root], watch: a.watch, boundHeapGrowth: LOW_MEMORY });
+  const core = await AgentCore.open({ dataDir: a.dataDir, hostname: 'bench', host: repo.host('bench'), roots: [a.root], watch: a.watch });
   const openSeconds = (performance.now() - t0) / 1000;
   const afterOpen = memory();
   try {
@@ -301,7 +302,7 @@ async function driver(): Promise<void> {
   const t0 = performance.now();
   const root = path.join(BASE, `t-${FILES}`);
   const files = makeTree(root);
-  console.log(`agent memory: T = ${FILES} files × 1 KiB in ${FILES / PER_DIR} dirs (${root}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s), S3 ${s3.endpoint}, watcher ${WATCH ? 'on' : 'off'}, node ${process.version} ${LOW_MEMORY ? `low-memory mode ${TUNING.flags.join(' ')}` : 'default settings'} ${AGENT_FLAGS.join(' ')}`);
+  console.log(`agent memory: T = ${FILES} files × 1 KiB in ${FILES / PER_DIR} dirs (${root}, ready in ${((performance.now() - t0) / 1000).toFixed(1)} s), S3 ${s3.endpoint}, watcher ${WATCH ? 'on' : 'off'}, node ${process.version} ${TUNING.flags.join(' ')}${LOW_MEMORY ? ' + low-memory mode (GLIBC_TUNABLES)' : ''} ${AGENT_FLAGS.join(' ')}`);
 
   const client = rawS3Client(s3);
   const bucket = `bench-mem-${Date.now().toString(36)}-${randomBytes(2).toString('hex')}`;

@@ -283,7 +283,7 @@ async function main(): Promise<void> {
 
   if (op === 'full' || op === 'watched') {
     const watch = op === 'watched';
-    const core = await AgentCore.open({ dataDir: a.dataDir, hostname: 'bench', host, roots: [a.root!], watch, boundHeapGrowth: process.env.BULWARK_LOW_MEMORY === '1' });
+    const core = await AgentCore.open({ dataDir: a.dataDir, hostname: 'bench', host, roots: [a.root!], watch });
     const openSeconds = (performance.now() - tOpen) / 1000;
     const afterOpen = memory();
     try {
