@@ -4,8 +4,9 @@
  *   (a) the in-process backup pipeline on ONE core: FastCDC chunking (default 512 KiB / 1 MiB /
  *       8 MiB, chunkBuffer) → blob id (HMAC-SHA256) → sealBlob (zstd + AES-256-GCM) → PackBuilder
  *       (16 MiB packs built in one reused buffer, finish() incl. the pack's SHA-256 id), on
- *       incompressible random data and on compressible text of the same size; beside it plain SHA-256 over the same bytes (the floor
- *       of the work: every byte is hashed at least twice, blob id and pack id), each stage on its
+ *       incompressible random data and on compressible text of the same size; beside it plain
+ *       SHA-256 over the same bytes (the floor of the work: every byte is hashed at least twice,
+ *       blob id and pack id), each stage on its
  *       own, and the same pipeline in 2 worker threads on the two halves of the data (both cores);
  *       then the backup's own write path, agent/backup/packer.ts: chunks (main thread) submitted to
  *       the Packer, sealed inline or by its SealPool (1, 2 workers), packed, hashed (SHA-256: the
