@@ -17,7 +17,7 @@ import os from 'node:os';
 import { throwIfAborted } from '../../common/errors.js';
 import type { BlobIndex } from '../../common/repo/blob-index.js';
 import { contentId } from '../../common/repo/crypto.js';
-import { type BlobType, encodeEntries, PackBuilder, type PackEntry, sealBlobParts } from '../../common/repo/pack.js';
+import { type BlobType, encodeEntries, PackBuilder, type PackEntry, packBufferSize, sealBlobParts } from '../../common/repo/pack.js';
 import type { HostRepository } from '../../common/repo/repository.js';
 import { SealPool } from '../../common/repo/seal-pool.js';
 import type { ObjectLock } from '../../common/storage/blob-store.js';
@@ -197,9 +197,8 @@ export class Packer {
     return ref;
   }
 
-  /** Size of the reused pack buffers: a pack closes once it passes packSize, by one blob and its header. */
   private packCapacity(): number {
-    return this.host.config.packSize + (this.host.config.packSize >> 3);
+    return packBufferSize(this.host.config.packSize);
   }
 
   /** A pack's buffer back for the next packs, if it is one of ours (a pack that outgrew it is not). */

@@ -86,6 +86,14 @@ export function decodeEntries(buf: Buffer): PackEntry[] {
   return out;
 }
 
+/**
+ * Size of a buffer to build packs of `packSize` in (and reuse): a pack closes once it passes
+ * packSize, by one blob and its header, which 1/8 more nearly always holds.
+ */
+export function packBufferSize(packSize: number): number {
+  return packSize + (packSize >> 3);
+}
+
 /** Capacity of a PackBuilder given no buffer; it doubles as the pack grows. */
 const INITIAL_BYTES = 1024 * 1024;
 

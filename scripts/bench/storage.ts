@@ -56,7 +56,7 @@ import { newRepoConfig } from '../../common/repo/config.js';
 import { blobId, seal } from '../../common/repo/crypto.js';
 import { type HostKeys, deriveHostKeys, newMasterKey } from '../../common/repo/keys.js';
 import { layout } from '../../common/repo/layout.js';
-import { PackBuilder, sealBlob, sealBlobParts } from '../../common/repo/pack.js';
+import { PackBuilder, packBufferSize, sealBlob, sealBlobParts } from '../../common/repo/pack.js';
 import type { VersionEntry } from '../../common/storage/blob-store.js';
 import { S3Store, type S3StoreOptions } from '../../common/storage/s3-store.js';
 import { MemoryStore } from '../../common/storage/memory-store.js';
@@ -101,7 +101,7 @@ function setup(master: Uint8Array): PipelineSetup {
 function runPipeline(data: Uint8Array, s: PipelineSetup): PipelineResult {
   const chunks = chunkBuffer(data, s.table, s.params);
   // one pack buffer, reused for every pack as the backup's Packer does
-  const into = Buffer.allocUnsafeSlow(s.packSize + (s.packSize >> 3));
+  const into = Buffer.allocUnsafeSlow(packBufferSize(s.packSize));
   let pack = new PackBuilder(into);
   let packs = 0;
   let stored = 0;
@@ -797,7 +797,7 @@ async function main(): Promise<void> {
   });
   const sealMBps = line('  sealBlob (compress + encrypt)', size, sealT.ms);
   const packT = time(() => {
-    const into = Buffer.allocUnsafeSlow(s.packSize + (s.packSize >> 3));
+    const into = Buffer.allocUnsafeSlow(packBufferSize(s.packSize));
     let pack = new PackBuilder(into);
     for (let k = 0; k < chunks.length; k++) {
       pack.add('data', ids[k]!, chunks[k] as Buffer, chunks[k]!.length); // the chunk stands in for its sealed form
