@@ -11,7 +11,7 @@ describe('bin/bulwark\'s start-up settings for agents, and the low-memory mode',
   it('passes the same GLIBC_TUNABLES and Node flags as agent/process-tuning.ts', () => {
     const script = readFileSync(bin, 'utf8');
     expect(script).toContain(LOW_MEMORY_GLIBC_TUNABLES);
-    for (const flag of AGENT_NODE_FLAGS) expect(script).toContain(`exec node ${flag}`);
+    expect(script).toContain(`exec node ${AGENT_NODE_FLAGS.join(' ')} "$here/bulwark.js"`);
   });
 
   it('gives `bulwark agent …` its Node flags, and the malloc settings with BULWARK_LOW_MEMORY=1 only, keeping a GLIBC_TUNABLES the user set', () => {
