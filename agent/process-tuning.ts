@@ -2,7 +2,8 @@
  * The agent's memory settings (issue #4 asks for a peak RSS < 250 MB on a first backup of 100,000
  * files). Measured on that tree (scripts/bench/agent-memory.ts), the agent's live V8 heap is ~25–45
  * MB during the backup (session 6: the blob index and the uploaded packs' entries left V8's heap, and
- * packs are built in reused buffers), yet with Node's defaults the process peaked at ~340–400 MB:
+ * packs are built in reused buffers), yet with Node's defaults the process peaked at ~340–400 MB
+ * (docs/design.md, "Agent memory"):
  *
  * - V8 lets the old generation grow to up to ~4× its live size before a full collection when that is
  *   cheap in time. `--heap-growing-percent=30` bounds the growth to 1.3× the live size after each
@@ -14,8 +15,8 @@
  *   Read only at start-up: bin/bulwark passes it to every agent process (AGENT_NODE_FLAGS).
  * - A floor under the bound: `--initial-old-space-size=48`. With the bound alone, a backup of large
  *   files (a small live heap, its garbage mostly file data) ran a full collection every few MB of old
- *   generation: +2–4 CPU-s on 1 GiB of large files (15.1–18.4 against 11–13.6 without the bound). With
- *   the floor the same backup took 10.6–11.4 CPU-s (64 MB: 8.3–10.9, but ~248 MB on the small files).
+ *   generation: ~2 CPU-s more on 1 GiB of large files (median 14.7 against 12.4 without the bound).
+ *   With the floor the same backup took 10.6–11.4 CPU-s (64 MB: 7.9–10.9, but ~248 MB on the small files).
  *   Read only at start-up, like the semi-spaces.
  * All three are the default since session 6 (~235 MB on that tree). The low-memory mode
  * (BULWARK_LOW_MEMORY=1) adds:
