@@ -146,21 +146,21 @@ export class BlobIndex {
     return this.slots[this.find(this.probe)]! - 1;
   }
 
-  /** The slot holding this id, or the empty slot where it would go. */
-  private find(id: Uint8Array): number {
+  /** The slot holding the id at `at` in `bytes`, or the empty slot where it would go. */
+  private find(bytes: Uint8Array, at = 0): number {
     const mask = this.slots.length - 1;
-    let s = ((id[0]! << 24) | (id[1]! << 16) | (id[2]! << 8) | id[3]!) & mask;
+    let s = ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) & mask;
     for (;;) {
       const i = this.slots[s]! - 1;
-      if (i < 0 || this.idEquals(i, id)) return s;
+      if (i < 0 || this.idEquals(i, bytes, at)) return s;
       s = (s + 1) & mask;
     }
   }
 
-  private idEquals(i: number, id: Uint8Array): boolean {
+  private idEquals(i: number, bytes: Uint8Array, at: number): boolean {
     const ids = this.ids;
     const o = 32 * i;
-    for (let k = 0; k < 32; k++) if (ids[o + k] !== id[k]) return false;
+    for (let k = 0; k < 32; k++) if (ids[o + k] !== bytes[at + k]) return false;
     return true;
   }
 
@@ -185,7 +185,7 @@ export class BlobIndex {
 
   private rehash(length: number): void {
     this.slots = new Int32Array(length);
-    for (let i = 0; i < this.count; i++) this.slots[this.find(this.ids.subarray(32 * i, 32 * i + 32))] = i + 1;
+    for (let i = 0; i < this.count; i++) this.slots[this.find(this.ids, 32 * i)] = i + 1;
   }
 }
 
