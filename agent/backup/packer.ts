@@ -17,7 +17,7 @@ import os from 'node:os';
 import { throwIfAborted } from '../../common/errors.js';
 import type { BlobIndex } from '../../common/repo/blob-index.js';
 import { contentId } from '../../common/repo/crypto.js';
-import { type BlobType, encodeEntries, PackBuilder, type PackEntry, packBufferSize, sealBlobParts } from '../../common/repo/pack.js';
+import { type BlobType, ENTRY_BYTES, PackBuilder, type PackEntry, packBufferSize, sealBlobParts } from '../../common/repo/pack.js';
 import type { HostRepository } from '../../common/repo/repository.js';
 import { SealPool } from '../../common/repo/seal-pool.js';
 import type { ObjectLock } from '../../common/storage/blob-store.js';
@@ -213,9 +213,9 @@ export class Packer {
     throwIfAborted(this.o.signal);
     if (this.failure) throw this.failure;
     const ref = `~${this.seq++}`;
-    const { bytes, entries } = this.builder!.finishBytes(this.host.keys);
+    const { bytes, entries, encoded } = this.builder!.finishBytes(this.host.keys);
     this.builder = undefined;
-    compactIds(entries);
+    idsInto(entries, encoded);
     // backpressure: at most `uploads` packs in memory besides the open one
     while (this.inFlight.size >= (this.o.uploads ?? 3)) await Promise.race(this.inFlight);
     if (this.failure) throw this.failure;
@@ -226,7 +226,7 @@ export class Packer {
         const pack = pool ? await pool.hashPack(bytes) : { id: contentId(bytes), bytes };
         this.resolved.set(ref, pack.id);
         await this.host.savePack(pack, this.o.lock, this.o.signal);
-        const up = { id: pack.id, entries: encodeEntries(entries), size: pack.bytes.length };
+        const up = { id: pack.id, entries: encoded, size: pack.bytes.length };
         this.recycle(pack.bytes); // the store is done with it (BlobStore.put)
         this.index.addPack(pack.id, entries);
         for (const e of entries) this.pending.delete(e.id.toString('hex'));
@@ -244,13 +244,12 @@ export class Packer {
 }
 
 /**
- * Move a pack's blob ids into one buffer (each entry keeps a view): every id from a digest or a
- * worker is a buffer of its own, and a first backup of 100,000 small files kept 60 MB of them.
+ * Point each entry's blob id at its copy in the pack's encoded entries: every id from a digest or a
+ * worker is a buffer of its own, tens of thousands per pack of small files while it uploads.
  */
-function compactIds(entries: PackEntry[]): void {
-  const all = Buffer.allocUnsafeSlow(entries.length * 32);
+function idsInto(entries: PackEntry[], encoded: Buffer): void {
   entries.forEach((e, i) => {
-    e.id.copy(all, i * 32);
-    e.id = all.subarray(i * 32, i * 32 + 32);
+    const at = 4 + i * ENTRY_BYTES + 1; // after the count, then the entry's type byte
+    e.id = encoded.subarray(at, at + 32);
   });
 }

@@ -144,16 +144,18 @@ export class PackBuilder {
 
   /**
    * Close the pack without hashing it (the caller computes its id, e.g. on a worker thread). `bytes`
-   * is a view of the builder's buffer, from its start.
+   * is a view of the builder's buffer, from its start; `encoded` is the header's plaintext, the
+   * entries as encodeEntries() gives them.
    */
-  finishBytes(keys: HostKeys): { bytes: Buffer; entries: PackEntry[] } {
-    const header = seal(keys.enc, encodeEntries(this.entries), HEADER_AAD);
+  finishBytes(keys: HostKeys): { bytes: Buffer; entries: PackEntry[]; encoded: Buffer } {
+    const encoded = encodeEntries(this.entries);
+    const header = seal(keys.enc, encoded, HEADER_AAD);
     this.reserve(header.length + 8);
     header.copy(this.buf, this.bytes);
     let end = this.bytes + header.length;
     end = this.buf.writeUInt32LE(header.length, end);
     end += MAGIC.copy(this.buf, end);
-    return { bytes: this.buf.subarray(0, end), entries: this.entries };
+    return { bytes: this.buf.subarray(0, end), entries: this.entries, encoded };
   }
 
   /** Room for `n` more bytes: a buffer at least twice as large when the current one is short. */
