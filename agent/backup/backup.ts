@@ -34,6 +34,7 @@ import { layout } from '../../common/repo/layout.js';
 import { Semaphore } from '../../common/storage/wrappers.js';
 import type { BlobIndex } from '../../common/repo/blob-index.js';
 import { Chunker, chunkBuffer, compileChunkerOptions, createGearTable, type GearTable } from '../../common/repo/chunker.js';
+import { encodedEntryCount } from '../../common/repo/pack.js';
 import type { HostRepository } from '../../common/repo/repository.js';
 import type { SnapshotManifest, SnapshotStats } from '../../common/repo/snapshot.js';
 import { type Tree, type TreeNode, compareNames, decodeTree } from '../../common/repo/tree.js';
@@ -614,7 +615,7 @@ export function groupPacks<P extends { entries: Buffer }>(packs: readonly P[], l
   let group: P[] = [];
   let n = 0;
   for (const p of packs) {
-    const count = p.entries.readUInt32LE(0);
+    const count = encodedEntryCount(p.entries);
     if (group.length > 0 && n + count > limit) {
       groups.push(group);
       group = [];

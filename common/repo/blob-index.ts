@@ -11,7 +11,7 @@ import { BulwarkError } from '../errors.js';
 import { compress, decompress } from './compress.js';
 import { open, seal } from './crypto.js';
 import type { HostKeys } from './keys.js';
-import { type BlobType, ENTRY_BYTES, type PackEntry, decodeEntries, encodeEntries } from './pack.js';
+import { type BlobType, ENTRY_BYTES, type PackEntry, decodeEntries, encodeEntries, encodedEntryCount } from './pack.js';
 
 export interface BlobLocation {
   pack: string;
@@ -197,7 +197,7 @@ export function encodeIndex(keys: HostKeys, packs: ReadonlyArray<{ id: string; e
   // one allocation, filled in place: no per-entry buffers, no argument spreading (a backup of
   // 100,000 small files has 100,000 entries)
   const encoded = packs.map((p) => (Buffer.isBuffer(p.entries) ? p.entries : encodeEntries(p.entries as readonly PackEntry[])));
-  const count = encoded.reduce((n, e) => n + entryCount(e), 0);
+  const count = encoded.reduce((n, e) => n + encodedEntryCount(e), 0);
   const body = Buffer.alloc(4 + 4 + packs.length * 32 + 4 + count * (4 + ENTRY_BYTES));
   MAGIC.copy(body, 0);
   body.writeUInt32LE(packs.length, 4);
@@ -209,20 +209,13 @@ export function encodeIndex(keys: HostKeys, packs: ReadonlyArray<{ id: string; e
   body.writeUInt32LE(count, o);
   o += 4;
   encoded.forEach((e, i) => {
-    for (let k = 0, n = entryCount(e); k < n; k++) {
+    for (let k = 0, n = encodedEntryCount(e); k < n; k++) {
       body.writeUInt32LE(i, o);
       e.copy(body, o + 4, 4 + k * ENTRY_BYTES, 4 + (k + 1) * ENTRY_BYTES);
       o += 4 + ENTRY_BYTES;
     }
   });
   return seal(keys.enc, compress(body), AAD);
-}
-
-/** The number of entries in encoded pack entries, checked against their length. */
-function entryCount(encoded: Buffer): number {
-  const n = encoded.length >= 4 ? encoded.readUInt32LE(0) : -1;
-  if (n < 0 || encoded.length !== 4 + n * ENTRY_BYTES) throw new BulwarkError('INTERNAL', 'encoded pack entries have the wrong length');
-  return n;
 }
 
 export function decodeIndex(keys: HostKeys, stored: Uint8Array): Array<{ id: string; entries: PackEntry[] }> {

@@ -67,6 +67,13 @@ export function encodeEntries(entries: readonly PackEntry[]): Buffer {
   return out;
 }
 
+/** The number of entries in encoded entries (encodeEntries), checked against their length. */
+export function encodedEntryCount(encoded: Buffer): number {
+  const n = encoded.length >= 4 ? encoded.readUInt32LE(0) : -1;
+  if (n < 0 || encoded.length !== 4 + n * ENTRY_BYTES) throw new BulwarkError('INTERNAL', 'encoded pack entries have the wrong length');
+  return n;
+}
+
 export function decodeEntries(buf: Buffer): PackEntry[] {
   if (buf.length < 4) throw new BulwarkError('CHECKSUM_MISMATCH', 'pack header too short');
   const n = buf.readUInt32LE(0);
