@@ -128,7 +128,12 @@ export class Packer {
       async (s) => {
         try {
           const hex = s.id.toString('hex');
-          const ref = this.packOf(hex) ?? (await this.append('data', s.id, s.sealed, size));
+          let ref = this.packOf(hex);
+          if (ref === undefined) {
+            const added = this.append('data', s.id, s.sealed, size); // copies the sealed bytes at once
+            pool.release(s.sealed);
+            ref = await added;
+          } else pool.release(s.sealed);
           return { id: hex, ref };
         } finally {
           this.release(size);

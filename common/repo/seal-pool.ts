@@ -10,9 +10,18 @@
  * nature), dedup, packing and uploads. Measured before (docs/benchmarks.md): the main thread was
  * 99 % busy during a full backup with three hash passes, zstd, AES-GCM and their garbage on it.
  *
- * Data crosses by transfer, not by structured copy: a chunk is copied once into a buffer of its own
- * (chunks are views into larger read buffers) and that buffer is moved to the worker; the sealed
- * bytes and a hashed pack are moved back.
+ * Data crosses by transfer, not by structured copy: a chunk is copied once into a buffer of the
+ * pool's (chunks are views into larger read buffers), at the offset its ciphertext will have in the
+ * sealed form (after the nonce and the flag byte), and that buffer moves to the worker. The worker
+ * seals into the same buffer: the ciphertext of a chunk stored raw lands where its plaintext was,
+ * piece by piece; a compressed one is encrypted out of the worker's zstd scratch buffer. The
+ * buffer comes back holding the sealed bytes, and the caller hands it back with `release()` once
+ * it has copied them into its pack. A hashed pack moves out and back the same way.
+ *
+ * Measured before (docs/benchmarks.md, session 7): a fresh buffer per chunk for the copy, one for
+ * the sealed bytes and one for the cipher's output meant ~3 new pages per 4 KiB sealed; on this VM
+ * the kernel's clear_page made the backup with 2 workers spend ~1.5× the CPU per byte of the
+ * backup on the main thread alone.
  *
  * The workers run plain JavaScript from a source string (`eval`), so they start the same way under
  * tsx, compiled JS and vitest. The format rules they apply are compress.ts's (ZSTD_PARAMS, the
@@ -31,7 +40,17 @@ import type { HostKeys } from './keys.js';
 export interface SealPoolOptions {
   /** Worker threads (default: available cores, at most 4). */
   workers?: number;
+  /** Bytes of released buffers kept for the next chunks, at most (default 64 MiB). */
+  keepBytes?: number;
 }
+
+/** Bytes before a chunk's ciphertext in its sealed form: the nonce, then the flag byte. */
+const HEAD = NONCE_BYTES + 1;
+/**
+ * Seal buffers are at least this large (a chunk averages ~1 MiB, most are under 2 MiB), so a
+ * released buffer fits most later chunks. Smaller ones are not kept.
+ */
+const SEAL_BUFFER_MIN = 2 * 1024 * 1024 + HEAD + TAG_BYTES;
 
 export interface SealedChunk {
   id: Buffer;
@@ -73,10 +92,25 @@ function probe(plain) {
   }
   return false;
 }
+// The cipher's output, a piece at a time: each piece is small enough to come from malloc's free
+// lists (one update over a whole chunk allocated, and zeroed, a new buffer of the chunk's size).
+const PIECE = 64 * 1024;
+// GCM's output is exactly as long as its input, which the in-place writes below rely on: checked.
+function encryptInto(c, body, buf, at) {
+  for (let i = 0; i < body.length; i += PIECE) {
+    const piece = body.subarray(i, i + PIECE);
+    const out = c.update(piece);
+    if (out.length !== piece.length) throw new Error('cipher output ' + out.length + ' bytes for ' + piece.length);
+    at += out.copy(buf, at);
+  }
+  return at;
+}
 parentPort.on('message', (m) => {
   try {
     if (m.kind === 'seal') {
-      const plain = new Uint8Array(m.plain);
+      // m.buf: [nonce | flag | plaintext (m.length) | room for the tag]
+      const buf = Buffer.from(m.buf);
+      const plain = buf.subarray(${HEAD}, ${HEAD} + m.length);
       const id = createHmac('sha256', idKey).update(plain).digest();
       let packed = false;
       let body = plain;
@@ -85,18 +119,17 @@ parentPort.on('message', (m) => {
         packed = n + (plain.length >> ${MIN_SAVING_SHIFT}) < plain.length;
         if (packed) body = scratch.subarray(0, n); // encrypted out of the scratch buffer below
       }
-      const out = Buffer.allocUnsafeSlow(${NONCE_BYTES} + 1 + body.length + ${TAG_BYTES});
-      const nonce = out.subarray(0, ${NONCE_BYTES});
-      randomFillSync(nonce);
-      const c = createCipheriv('aes-256-gcm', encKey, nonce);
+      randomFillSync(buf, 0, ${NONCE_BYTES});
+      const c = createCipheriv('aes-256-gcm', encKey, buf.subarray(0, ${NONCE_BYTES}));
       c.setAAD(id);
       let o = ${NONCE_BYTES};
-      o += c.update(Buffer.of(packed ? 1 : 0)).copy(out, o);
-      o += c.update(body).copy(out, o);
-      o += c.final().copy(out, o);
-      c.getAuthTag().copy(out, o);
+      o += c.update(Buffer.of(packed ? 1 : 0)).copy(buf, o);
+      // raw: piece k's ciphertext overwrites piece k's own plaintext, already read
+      o = encryptInto(c, body, buf, o);
+      o += c.final().copy(buf, o);
+      o += c.getAuthTag().copy(buf, o);
       const idb = new Uint8Array(id).buffer;
-      parentPort.postMessage({ seq: m.seq, id: idb, sealed: out.buffer, plain: m.plain }, [idb, out.buffer, m.plain]);
+      parentPort.postMessage({ seq: m.seq, id: idb, buf: m.buf, sealedLength: o }, [idb, m.buf]);
     } else {
       const bytes = new Uint8Array(m.bytes, 0, m.length);
       const id = createHash('sha256').update(bytes).digest('hex');
@@ -112,13 +145,18 @@ interface WorkerReply {
   seq: number;
   error?: string;
   id?: ArrayBuffer;
-  sealed?: ArrayBuffer;
+  buf?: ArrayBuffer;
+  sealedLength?: number;
   hashId?: string;
   bytes?: ArrayBuffer;
 }
 
 export class SealPool {
   private readonly pool: WorkerPool<WorkerReply>;
+  /** Released seal buffers, reused by the next chunks. */
+  private readonly free: ArrayBuffer[] = [];
+  private freeBytes = 0;
+  private readonly keepBytes: number;
 
   constructor(keys: HostKeys, o: SealPoolOptions = {}) {
     const workerData = {
@@ -127,6 +165,7 @@ export class SealPool {
       idKey: new Uint8Array(keys.id),
       encKey: new Uint8Array(keys.enc),
     };
+    this.keepBytes = o.keepBytes ?? 64 * 1024 * 1024;
     this.pool = new WorkerPool<WorkerReply>(WORKER_SOURCE, workerData, o.workers ?? Math.min(4, os.availableParallelism()), 'seal');
   }
 
@@ -134,12 +173,39 @@ export class SealPool {
     return this.pool.size;
   }
 
-  /** Id and sealed form of one chunk (as `blobId` + `sealBlob`). `plain` is copied; the caller keeps it. */
+  /**
+   * Id and sealed form of one chunk (as `blobId` + `sealBlob`). `plain` is copied; the caller keeps
+   * it. The sealed bytes are a view into one of the pool's buffers: give it back with `release()`
+   * once done with them (one not given back is simply left to the garbage collector).
+   */
   async seal(plain: Uint8Array): Promise<SealedChunk> {
-    const copy = new Uint8Array(plain.length);
-    copy.set(plain);
-    const r = await this.pool.request({ kind: 'seal', plain: copy.buffer }, [copy.buffer]);
-    return { id: Buffer.from(r.id!), sealed: Buffer.from(r.sealed!) };
+    const buf = this.take(HEAD + plain.length + TAG_BYTES);
+    new Uint8Array(buf, HEAD, plain.length).set(plain);
+    const r = await this.pool.request({ kind: 'seal', buf, length: plain.length }, [buf]);
+    return { id: Buffer.from(r.id!), sealed: Buffer.from(r.buf!, 0, r.sealedLength!) };
+  }
+
+  /** Hand back the buffer of a `seal()` result whose sealed bytes are no longer used. */
+  release(sealed: Buffer): void {
+    const b = sealed.buffer as ArrayBuffer;
+    if (b.byteLength < SEAL_BUFFER_MIN || this.freeBytes + b.byteLength > this.keepBytes) return;
+    this.free.push(b);
+    this.freeBytes += b.byteLength;
+  }
+
+  /** The smallest free buffer of at least n bytes, or a new one. */
+  private take(n: number): ArrayBuffer {
+    let best = -1;
+    for (let i = 0; i < this.free.length; i++) {
+      const len = this.free[i]!.byteLength;
+      if (len >= n && (best < 0 || len < this.free[best]!.byteLength)) best = i;
+    }
+    if (best < 0) return new ArrayBuffer(Math.max(n, SEAL_BUFFER_MIN));
+    const b = this.free[best]!;
+    this.free[best] = this.free[this.free.length - 1]!;
+    this.free.pop();
+    this.freeBytes -= b.byteLength;
+    return b;
   }
 
   /**

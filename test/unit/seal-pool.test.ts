@@ -103,6 +103,53 @@ describe('SealPool', () => {
     });
   });
 
+  // A buffer that moves to a worker is detached here (byteLength 0): that is how these tests see
+  // which buffer a chunk went out in.
+  it('reuses a released buffer for a later chunk, which then seals right over the old bytes', async () => {
+    const p = new SealPool(keys, { workers: 1 });
+    try {
+      const big = randomBytes(1_500_000);
+      const first = await p.seal(big);
+      expect(openBlob(keys, first.id, first.sealed, big.length).equals(big)).toBe(true);
+      let released = first.sealed.buffer;
+      const capacity = released.byteLength;
+      p.release(first.sealed);
+      // smaller and compressible (encrypted out of the worker's zstd scratch), then raw (in place)
+      for (const plain of [text, randomBytes(400_000)]) {
+        const s = await p.seal(plain);
+        expect(released.byteLength).toBe(0); // the released buffer went out…
+        expect(s.sealed.buffer.byteLength).toBe(capacity); // …and came back with this chunk
+        expect(openBlob(keys, s.id, s.sealed, plain.length).equals(plain)).toBe(true);
+        released = s.sealed.buffer;
+        p.release(s.sealed);
+      }
+      // a chunk larger than every free buffer gets a new one; the free one stays
+      const larger = randomBytes(3_000_000);
+      const s = await p.seal(larger);
+      expect(released.byteLength).toBe(capacity);
+      expect(s.sealed.buffer.byteLength).toBeGreaterThanOrEqual(larger.length);
+      expect(openBlob(keys, s.id, s.sealed, larger.length).equals(larger)).toBe(true);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('keeps no more released bytes than it is allowed', async () => {
+    const p = new SealPool(keys, { workers: 1, keepBytes: 3 * 1024 * 1024 });
+    try {
+      const a = await p.seal(randomBytes(100_000));
+      const b = await p.seal(randomBytes(100_000));
+      p.release(a.sealed);
+      p.release(b.sealed); // over the 3 MiB kept: dropped
+      await p.seal(randomBytes(100_000));
+      await p.seal(randomBytes(100_000));
+      expect(a.sealed.buffer.byteLength).toBe(0); // reused
+      expect(b.sealed.buffer.byteLength).toBeGreaterThan(0); // never sent again
+    } finally {
+      await p.close();
+    }
+  });
+
   it('fails jobs after close', async () => {
     const p = new SealPool(keys, { workers: 1 });
     await p.close();
