@@ -319,6 +319,7 @@ async function main(): Promise<void> {
     try {
       counting.reset();
       const cpu0 = process.cpuUsage();
+      const faults0 = process.resourceUsage().minorPageFault;
       const threads0 = threadCpu();
       const elu0 = performance.eventLoopUtilization();
       const t0 = performance.now();
@@ -333,6 +334,7 @@ async function main(): Promise<void> {
         restore: {
           seconds: ms / 1000,
           cpuSeconds: (cpu.user + cpu.system) / 1e6,
+          pageFaults: process.resourceUsage().minorPageFault - faults0,
           threads,
           eventLoopUtilization: Number(elu.utilization.toFixed(3)),
           s3: counting.snapshot(),

@@ -359,7 +359,7 @@ interface AgentResult {
   memBeforeIncr?: Mem;
   memAfterIncr?: Mem;
   incrPeakIsPhaseOnly?: boolean;
-  restore?: { seconds: number; cpuSeconds: number; threads: ThreadCpu; eventLoopUtilization: number; s3: AgentBackup['s3']; files: number; bytes: number; errors: number; firstErrors: unknown[]; ranges?: { direct: number; directFailed: number; directResent: number; viaStore: number } };
+  restore?: { seconds: number; cpuSeconds: number; pageFaults: number; threads: ThreadCpu; eventLoopUtilization: number; s3: AgentBackup['s3']; files: number; bytes: number; errors: number; firstErrors: unknown[]; ranges?: { direct: number; directFailed: number; directResent: number; viaStore: number } };
   mem?: Mem;
 }
 
@@ -594,7 +594,7 @@ async function run(s3: ReturnType<typeof s3Env>): Promise<void> {
     const rest = await runAgent('restore', { ...common, bucket: bwA, dataDir: path.join(BASE, `state-restore-${bwRestores.length}`), snapshotId: readFileSync(path.join(BASE, 'snap-a'), 'utf8'), target }, agentEnv(repoA.masterKey), undefined, AGENT_FLAGS);
     const rr = rest.r.restore!;
     const vB = verifyRestore(A, dirA, target);
-    log(`  Bulwark: restore ${fmt(rr.seconds, 2)} s (agent process ${fmt(rest.t.wall, 2)} s wall, open ${fmt(rest.r.openSeconds, 2)} s), CPU in restore ${fmt(rr.cpuSeconds, 1)} s (${fmt((rr.cpuSeconds / rr.seconds) * 100, 0)}% of one core), event loop busy ${fmt(rr.eventLoopUtilization * 100, 0)}%, peak RSS ${fmt(rest.t.peakMB, 0)} MB`);
+    log(`  Bulwark: restore ${fmt(rr.seconds, 2)} s (agent process ${fmt(rest.t.wall, 2)} s wall, open ${fmt(rest.r.openSeconds, 2)} s), CPU in restore ${fmt(rr.cpuSeconds, 1)} s (${fmt((rr.cpuSeconds / rr.seconds) * 100, 0)}% of one core), ${rr.pageFaults} page faults, event loop busy ${fmt(rr.eventLoopUtilization * 100, 0)}%, peak RSS ${fmt(rest.t.peakMB, 0)} MB`);
     log(`    CPU s by thread (threads alive at the end): ${threadLine(rr.threads)}`);
     log(`    page cache dropped before: ${cacheDropped ? 'yes' : 'NO (not root?)'}; ranges fetched by the workers ${rr.ranges?.direct ?? 0} (failed ${rr.ranges?.directFailed ?? 0}, sent again on a new connection ${rr.ranges?.directResent ?? 0}), through the store ${rr.ranges?.viaStore ?? 0}`);
     log(`    ${rr.files} files, ${fmt(rr.bytes / 1e6)} MB, ${rr.errors} errors${rr.errors ? ` ${JSON.stringify(rr.firstErrors)}` : ''}; S3 busy ${fmt(rr.s3.busyMs / 1000, 2)} s; ${Object.entries(rr.s3.ops).map(([k, v]) => `${k} ${v.n}${v.bytes ? ` (${fmt(v.bytes / 1e6)} MB)` : ''}`).join(', ')}`);
