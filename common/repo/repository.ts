@@ -29,6 +29,10 @@ export interface InitOptions {
   config?: Partial<Pick<RepoConfig, 'chunker' | 'packSize'>>;
 }
 
+/** Index objects read at once when a host's index is loaded. */
+const INDEX_READS_AHEAD = 8;
+const DONE = Promise.resolve([]);
+
 export class Repository {
   private constructor(
     readonly store: BlobStore,
@@ -177,18 +181,28 @@ export class HostRepository {
   async loadIndex(signal?: AbortSignal, rank?: (pack: string) => number): Promise<{ index: BlobIndex; damaged: string[] }> {
     const index = new BlobIndex(rank);
     const damaged: string[] = [];
-    for (const key of await this.keysUnder(layout.indexPrefix(this.hostId), signal)) {
+    const keys = await this.keysUnder(layout.indexPrefix(this.hostId), signal);
+    const read = (key: string): Promise<Array<{ id: string; entries: PackEntry[] }>> => {
       const id = idOfKey(key);
+      const p = readVerified(this.store, key, (b) => {
+        if (contentId(b) !== id) throw new BulwarkError('CHECKSUM_MISMATCH', 'index does not match its id');
+        return decodeIndex(this.keys, b);
+      }, this.readOpts(signal)).then((r) => r.value);
+      p.catch(() => undefined); // awaited below, in order (reads still on their way when one fails settle unobserved)
+      return p;
+    };
+    // up to INDEX_READS_AHEAD objects on their way, added in key order as before (one at a time, a
+    // repository with a thousand index objects took a thousand round trips to open)
+    const ahead = keys.slice(0, INDEX_READS_AHEAD).map(read);
+    for (let i = 0; i < keys.length; i++) {
+      if (i + INDEX_READS_AHEAD < keys.length) ahead.push(read(keys[i + INDEX_READS_AHEAD]!));
       try {
-        const { value } = await readVerified(this.store, key, (b) => {
-          if (contentId(b) !== id) throw new BulwarkError('CHECKSUM_MISMATCH', 'index does not match its id');
-          return decodeIndex(this.keys, b);
-        }, this.readOpts(signal));
-        for (const p of value) index.addPack(p.id, p.entries);
+        for (const p of await ahead[i]!) index.addPack(p.id, p.entries);
       } catch (err) {
         if (!hasCode(err, 'CHECKSUM_MISMATCH', 'NOT_FOUND', 'BAD_REPOSITORY')) throw err;
-        damaged.push(key);
+        damaged.push(keys[i]!);
       }
+      ahead[i] = DONE; // its entries are in the index: let the decoded copy go
     }
     return { index, damaged };
   }

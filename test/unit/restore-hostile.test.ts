@@ -171,4 +171,28 @@ describe.each([{ workers: 0 }, { workers: 2 }])('restore refuses hostile snapsho
     expect(l2.damaged).toEqual([saved.key]);
     expect(l2.index.size).toBe(0);
   });
+
+  it('loads many index objects (several at once) and skips only the damaged ones', async () => {
+    const { host } = await forged([{ name: 'f' }]);
+    const { HostRepository } = await import('../../common/repo/repository.js');
+    const { encodeIndex } = await import('../../common/repo/blob-index.js');
+    const { contentId } = await import('../../common/repo/crypto.js');
+    const store = new MemoryStore();
+    const h = new HostRepository(store, host.config, host.keys);
+    // 30 index objects of one made-up pack each; one of them has only a garbage version
+    const packs = Array.from({ length: 30 }, (_, i) => ({
+      id: contentId(Buffer.from(`pack ${i}`)),
+      entries: [{ type: 'data' as const, id: Buffer.from(contentId(Buffer.from(`blob ${i}`)), 'hex'), offset: 0, length: 100 + i, rawLength: 90 }],
+    }));
+    const objects = packs.map((p) => encodeIndex(h.keys, [p])); // sealed: a fresh nonce each time
+    const keys = objects.map((o) => layout.index('evil', contentId(o)));
+    const bad = [...keys].sort()[13]!;
+    for (const [i, o] of objects.entries()) await store.put(keys[i]!, keys[i] === bad ? Buffer.from('garbage') : o);
+    const badPack = packs[keys.indexOf(bad)]!;
+    const loaded = await h.loadIndex();
+    expect(loaded.damaged).toEqual([bad]);
+    expect(loaded.index.size).toBe(29);
+    for (const p of packs) expect(loaded.index.has(p.entries[0]!.id.toString('hex'))).toBe(p !== badPack);
+    expect(loaded.index.get(packs[0]!.entries[0]!.id.toString('hex'))).toMatchObject({ pack: packs[0]!.id, length: 100 });
+  });
 });
