@@ -175,7 +175,7 @@ osd op num shards = 2
 # without this line it hangs 300 s in "get_initial_auth_request returned -13".
 ms mon client mode = crc
 rgw data = $DIR/rgw
-rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
+rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1
 rgw thread pool size = 64
 rgw dns name = localhost
 rgw enable usage log = false
