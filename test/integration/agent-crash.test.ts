@@ -34,24 +34,35 @@ function childEnv(bucket: string, dataDir: string, root: string, lockUntil: numb
   };
 }
 
-/** Run the backup child and SIGKILL it `ms` milliseconds after it has opened (or let it finish first). */
-function runAndKillAfter(env: Record<string, string>, ms: number): Promise<{ finished: boolean }> {
+/**
+ * Run the backup child and SIGKILL it `ms` milliseconds after it has opened (or let it finish
+ * first); `backupMs` is how long it took from open to done when it finished.
+ */
+function runAndKillAfter(env: Record<string, string>, ms: number): Promise<{ finished: boolean; backupMs?: number }> {
   return new Promise((resolve, reject) => {
     const p = spawn(process.execPath, ['--import', 'tsx', child], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let finished = false;
+    let started = 0;
+    let backupMs: number | undefined;
     let stderr = '';
     p.stderr.on('data', (d) => (stderr += d));
     let t: NodeJS.Timeout | undefined;
     p.stdout.setEncoding('utf8').on('data', (d: string) => {
       // time from the agent being open, not from process start: start-up time varies with load
-      if (d.includes('STARTED') && !t) t = setTimeout(() => p.kill('SIGKILL'), ms);
-      if (d.includes('DONE')) finished = true;
+      if (d.includes('STARTED') && !t) {
+        started = performance.now();
+        if (Number.isFinite(ms)) t = setTimeout(() => p.kill('SIGKILL'), ms);
+      }
+      if (d.includes('DONE')) {
+        finished = true;
+        backupMs = performance.now() - started;
+      }
     });
     p.on('error', reject);
     p.on('exit', (code, signal) => {
       clearTimeout(t);
       if (signal !== 'SIGKILL' && code !== 0) reject(new Error(`backup child failed (${code}): ${stderr}`));
-      else resolve({ finished });
+      else resolve({ finished, ...(backupMs !== undefined ? { backupMs } : {}) });
     });
   });
 }
@@ -133,10 +144,24 @@ describe('random kill points', () => {
     const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
     let killed = 0;
     let finished = 0;
-    for (let round = 0; round < 20; round++) {
+    // how long one such backup takes here, unkilled: the kill points are spread over twice that (a
+    // fixed 0–700 ms window let most backups finish once they had become faster; a backup after a
+    // killed one, which adopts its packs, takes about twice as long as one after a finished one)
+    const writeRound = async (round: number) => {
       for (let i = 0; i < 3; i++) await fs.writeFile(path.join(src, `r${round}-${i}.bin`), randomBytes(1_500_000));
+    };
+    // (twice: the first backup of a repository has no index or parent to load)
+    let span = 0;
+    for (const round of [-2, -1]) {
+      await writeRound(round);
+      const calibration = await runAndKillAfter(env, Infinity);
+      expect(calibration.finished).toBe(true);
+      span = Math.max(span, calibration.backupMs! * 2);
+    }
+    for (let round = 0; round < 20; round++) {
+      await writeRound(round);
       // kill points spread over the walk, the uploads, the manifest and the journal commit
-      const r = await runAndKillAfter(env, Math.floor(rand() * 700));
+      const r = await runAndKillAfter(env, Math.floor(rand() * span));
       if (r.finished) finished++;
       else killed++;
     }
