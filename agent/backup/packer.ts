@@ -128,13 +128,10 @@ export class Packer {
       async (s) => {
         try {
           const hex = s.id.toString('hex');
-          let ref = this.packOf(hex);
-          if (ref === undefined) {
-            const added = this.append('data', s.id, s.sealed, size); // copies the sealed bytes at once
-            pool.release(s.sealed);
-            ref = await added;
-          } else pool.release(s.sealed);
-          return { id: hex, ref };
+          const known = this.packOf(hex);
+          const added = known === undefined ? this.append('data', s.id, s.sealed, size) : undefined; // copies the sealed bytes at once
+          pool.release(s.sealed);
+          return { id: hex, ref: known ?? (await added!) };
         } finally {
           this.release(size);
         }

@@ -31,7 +31,6 @@ export interface InitOptions {
 
 /** Index objects read at once when a host's index is loaded. */
 const INDEX_READS_AHEAD = 8;
-const DONE = Promise.resolve([]);
 
 export class Repository {
   private constructor(
@@ -197,12 +196,11 @@ export class HostRepository {
     for (let i = 0; i < keys.length; i++) {
       if (i + INDEX_READS_AHEAD < keys.length) ahead.push(read(keys[i + INDEX_READS_AHEAD]!));
       try {
-        for (const p of await ahead[i]!) index.addPack(p.id, p.entries);
+        for (const p of await ahead.shift()!) index.addPack(p.id, p.entries);
       } catch (err) {
         if (!hasCode(err, 'CHECKSUM_MISMATCH', 'NOT_FOUND', 'BAD_REPOSITORY')) throw err;
         damaged.push(keys[i]!);
       }
-      ahead[i] = DONE; // its entries are in the index: let the decoded copy go
     }
     return { index, damaged };
   }
