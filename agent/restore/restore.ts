@@ -7,21 +7,31 @@
  *   fetch    per pack, ranged GETs covering neighbouring blobs, several packs at once
  *   verify   decrypt, decompress, and hash each blob against its id; a blob that fails is
  *            fetched again through the tamper-proof read (older versions of the pack)
- *   write    at offsets into a temporary file beside the destination; when a file is complete,
- *            set mode and times and rename it into place (so a crash never leaves a half file
- *            under the real name)
+ *   write    at offsets into the file; when it is complete, set its mode and times. A file
+ *            is written under its real name only inside a staged directory (below); in a
+ *            directory that existed before the restore it is written to a temporary beside its
+ *            destination and renamed into place when complete
  *   links    hard links (as links to the first restored path, or as copies), then symlinks
  *            (last, so no later write can pass through a restored link)
- *   metadata directories' mode and times, deepest first
+ *   metadata directories' mode and times, deepest first; then each staged directory is renamed
+ *            to its real name, then the times of the directories that existed before
+ * Staged directories: a directory the restore creates in one that existed before is created
+ * under a temporary name (`.bwr-<pid>-<random>`, mode 0700), and everything below it is created
+ * under its real name inside it. Nothing in it is visible under its real path until the whole
+ * directory is renamed into place, so a crash still never leaves a half file under its real
+ * name, and a restore into a new directory renames once instead of once per file (a temporary
+ * name and a rename per file cost 65 % more file-system time per small file; docs/design.md).
  * Existing files are never replaced unless `overwrite` is set. Files that cannot be restored
  * (missing or corrupt objects) are listed with the reason; the rest is restored.
  *
- * Killed midway (kill -9, power loss), a restore leaves complete files under their real names and
- * temporaries named `.bwr-<pid>-<random>`. Run again into the same target, it removes the
- * temporaries of processes that are gone from every existing directory it restores into; with
- * `overwrite` it replaces what the first run finished (files, hard links, symlinks), so the result
- * is the snapshot; without, it restores the rest and lists each file already in place as "exists;
- * not replaced (use overwrite)".
+ * Killed midway (kill -9, power loss), a restore leaves complete files under their real names
+ * (in directories that existed before it), and temporaries: files and staged directories named
+ * `.bwr-<pid>-<random>`. Run again into the same target, it removes the temporaries of processes
+ * that are gone from every existing directory it restores into; with `overwrite` it replaces what
+ * the first run finished (files, hard links, symlinks), so the result is the snapshot; without, it
+ * restores the rest and lists each file already in place as "exists; not replaced (use
+ * overwrite)". A restore that fails or is cancelled removes its unfinished files and renames its
+ * staged directories into place: what it completed stays, as before staging.
  */
 import { randomBytes } from 'node:crypto';
 import fs, { type FileHandle } from 'node:fs/promises';
@@ -102,8 +112,12 @@ export interface RestoreResult {
 interface FileJob {
   /** Its position in RestoreRun.files (how a worker's reply names it). */
   idx: number;
+  /** Its real path (what reports name). */
   dest: string;
-  tmp: string;
+  /** Where its bytes are written: a temporary beside dest, or (inPlace) its own name inside a staged directory. */
+  at: string;
+  /** Written where it stays (a staged directory): no temporary, no rename. */
+  inPlace: boolean;
   node: TreeNode;
   remaining: number;
   written: number;
@@ -165,8 +179,9 @@ class RestoreRun {
   readonly result: RestoreResult = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, bytes: 0, errors: [], ranges: { direct: 0, directFailed: 0, directResent: 0, viaStore: 0 } };
   private readonly byPack = new Map<string, Map<string, BlobUse>>();
   private readonly files: FileJob[] = [];
-  private readonly symlinks: Array<{ dest: string; node: TreeNode }> = [];
-  private readonly links: Array<{ dest: string; first: FileJob; node: TreeNode }> = [];
+  /** `at`: where each is made (its real path, or its place in a staged directory; see ioPath). */
+  private readonly symlinks: Array<{ dest: string; at: string; node: TreeNode }> = [];
+  private readonly links: Array<{ dest: string; at: string; first: FileJob; node: TreeNode }> = [];
   private readonly dirs: Array<{ dest: string; node?: TreeNode; depth: number }> = [];
   private readonly firstOfInode = new Map<string, FileJob>();
   private readonly progress: RestoreProgress = { filesDone: 0, filesTotal: 0, bytesDone: 0, bytesTotal: 0, currentPath: '' };
@@ -208,7 +223,10 @@ class RestoreRun {
       if (this.fetch) await Promise.allSettled(this.fetch.inFlight);
       if (this.pool) this.result.ranges.directResent = this.pool.resent;
       await this.pool?.close();
-      if (failed) await this.removeTemporaries();
+      if (failed) {
+        await this.removeTemporaries();
+        await this.publishStaged();
+      }
     }
     await this.finishLinks();
     await this.finishDirs();
@@ -272,7 +290,7 @@ class RestoreRun {
     // the subtrees of the next TREES_AHEAD directories load while this one is walked: loading
     // them one at a time, each a round trip, was most of the plan's time on wide trees
     const nodes = tree.nodes;
-    if (this.created.has(dest)) await this.makeChildDirs(nodes, dest);
+    if (this.made.has(dest)) await this.makeChildDirs(nodes, dest);
     let ahead = 0;
     for (let i = 0; i < nodes.length; i++) {
       throwIfAborted(this.o.signal);
@@ -307,17 +325,19 @@ class RestoreRun {
         this.result.dirs++;
       } else if (node.type === 'symlink') {
         if (await this.refuseExisting(dest)) return;
-        this.symlinks.push({ dest, node });
+        this.symlinks.push({ dest, at: this.ioPath(parentDest, node.name), node });
       } else if (node.type === 'file') {
         if (await this.refuseExisting(dest)) return;
         this.progress.filesTotal++;
         const key = node.hardlink ? `${node.hardlink.dev}:${node.hardlink.ino}` : undefined;
         const first = key ? this.firstOfInode.get(key) : undefined;
         if (first && (this.o.hardlinks ?? 'link') === 'link') {
-          this.links.push({ dest, first, node });
+          this.links.push({ dest, at: this.ioPath(parentDest, node.name), first, node });
           return;
         }
-        const job: FileJob = { idx: this.files.length, dest, tmp: path.join(parentDest, this.tempName()), node, remaining: 0, written: 0, failed: false };
+        const staged = this.made.get(parentDest);
+        const at = staged !== undefined ? path.join(staged, node.name) : path.join(parentDest, this.tempName());
+        const job: FileJob = { idx: this.files.length, dest, at, inPlace: staged !== undefined, node, remaining: 0, written: 0, failed: false };
         if (key && !first) this.firstOfInode.set(key, job);
         this.files.push(job);
         this.progress.bytesTotal += node.size ?? 0;
@@ -516,10 +536,10 @@ class RestoreRun {
         if (t.offset === 0 && job.remaining === 1 && !job.created && (n.size ?? 0) === use.loc.rawLength) {
           job.created = Promise.resolve(); // the worker creates it
           const owner = this.owners && (n.uid !== this.uid || n.gid !== this.gid) ? { uid: n.uid, gid: n.gid } : undefined;
-          targets.push({ file: job.idx, tmp: job.tmp, offset: 0, whole: { dest: job.dest, mode: n.mode, time: nsToTime(n.mtimeNs), ...(owner ? { owner } : {}) } });
+          targets.push({ file: job.idx, path: job.at, offset: 0, whole: { ...(job.inPlace ? {} : { renameTo: job.dest }), mode: n.mode, time: nsToTime(n.mtimeNs), ...(owner ? { owner } : {}) } });
         } else {
           creating.push(this.create(job).catch((err: unknown) => this.failFile(job, asBulwarkError(err).message)));
-          targets.push({ file: job.idx, tmp: job.tmp, offset: t.offset });
+          targets.push({ file: job.idx, path: job.at, offset: t.offset });
         }
       }
       blobs.push({ id: use.id, at: use.loc.offset - g.start, length: use.loc.length, rawLength: use.loc.rawLength, targets });
@@ -594,14 +614,14 @@ class RestoreRun {
       if (offset === 0 && job.remaining === 1 && !job.created) {
         // the whole file in one blob: create and write in one call ('wx': never follow or reuse
         // something that appeared at the temporary name)
-        job.created = fs.writeFile(job.tmp, data, { flag: 'wx', mode: 0o600 });
+        job.created = fs.writeFile(job.at, data, { flag: 'wx', mode: 0o600 });
         await job.created;
       } else {
         // a file of several blobs keeps one handle open until its last blob is written; its
         // temporary may exist already (created for the workers, when this blob is one they refused)
         if (!job.handle) {
           const created = job.created;
-          job.handle = created ? created.then(() => fs.open(job.tmp, 'r+')) : fs.open(job.tmp, 'wx', 0o600);
+          job.handle = created ? created.then(() => fs.open(job.at, 'r+')) : fs.open(job.at, 'wx', 0o600);
           job.created ??= job.handle.then(() => undefined);
         }
         const fh = await job.handle;
@@ -625,11 +645,11 @@ class RestoreRun {
       // the blobs were genuine but do not add up to the recorded size: say so, keep the file
       this.result.errors.push({ path: job.dest, reason: `restored ${job.written} bytes, snapshot recorded ${n.size}` });
     }
-    if (this.owners && (n.uid !== this.uid || n.gid !== this.gid)) await fs.lchown(job.tmp, n.uid, n.gid).catch(() => undefined);
-    await fs.chmod(job.tmp, n.mode);
+    if (this.owners && (n.uid !== this.uid || n.gid !== this.gid)) await fs.lchown(job.at, n.uid, n.gid).catch(() => undefined);
+    await fs.chmod(job.at, n.mode);
     const t = nsToTime(n.mtimeNs);
-    await fs.utimes(job.tmp, t, t);
-    await fs.rename(job.tmp, job.dest);
+    await fs.utimes(job.at, t, t);
+    if (!job.inPlace) await fs.rename(job.at, job.dest);
     this.result.files++;
     this.result.bytes += job.written;
     this.progress.filesDone++;
@@ -637,7 +657,7 @@ class RestoreRun {
 
   private create(job: FileJob): Promise<void> {
     // 'wx': never follow or reuse something that appeared at the temporary name
-    job.created ??= fs.open(job.tmp, 'wx', 0o600).then((fh) => fh.close());
+    job.created ??= fs.open(job.at, 'wx', 0o600).then((fh) => fh.close());
     return job.created;
   }
 
@@ -656,7 +676,7 @@ class RestoreRun {
     for (const job of this.files) {
       if (job.remaining === 0 || job.failed || job.created === undefined) continue;
       await this.closeHandle(job);
-      await fs.rm(job.tmp, { force: true }).catch(() => undefined);
+      await fs.rm(job.at, { force: true }).catch(() => undefined);
     }
   }
 
@@ -668,7 +688,7 @@ class RestoreRun {
   }
 
   private dropFile(job: FileJob): void {
-    void this.closeHandle(job).then(() => fs.rm(job.tmp, { force: true }));
+    void this.closeHandle(job).then(() => fs.rm(job.at, { force: true }));
   }
 
   private async finishLinks(): Promise<void> {
@@ -676,8 +696,8 @@ class RestoreRun {
       try {
         if (l.first.failed) throw new BulwarkError('NOT_FOUND', `its first link ${l.first.dest} could not be restored`);
         // with overwrite, what is at the name goes (a rerun finds its own earlier link there)
-        if (this.o.overwrite) await fs.rm(l.dest, { force: true });
-        await fs.link(l.first.dest, l.dest);
+        if (this.o.overwrite) await fs.rm(l.at, { force: true });
+        await fs.link(l.first.inPlace ? l.first.at : l.first.dest, l.at);
         this.result.hardlinks++;
         this.progress.filesDone++;
       } catch (err) {
@@ -686,11 +706,11 @@ class RestoreRun {
     }
     for (const s of this.symlinks) {
       try {
-        if (this.o.overwrite) await fs.rm(s.dest, { force: true });
-        await fs.symlink(s.node.target ?? '', s.dest);
+        if (this.o.overwrite) await fs.rm(s.at, { force: true });
+        await fs.symlink(s.node.target ?? '', s.at);
         const t = nsToTime(s.node.mtimeNs);
-        await fs.lutimes(s.dest, t, t);
-        if (this.owners) await fs.lchown(s.dest, s.node.uid, s.node.gid).catch(() => undefined);
+        await fs.lutimes(s.at, t, t);
+        if (this.owners) await fs.lchown(s.at, s.node.uid, s.node.gid).catch(() => undefined);
         this.result.symlinks++;
       } catch (err) {
         this.result.errors.push({ path: s.dest, reason: asBulwarkError(err).message });
@@ -698,27 +718,77 @@ class RestoreRun {
     }
   }
 
+  /**
+   * Directories' owner, mode and times, deepest first: those in staged directories, then the
+   * staged directories are renamed into place, then those that existed before (whose times the
+   * renames would otherwise change).
+   */
   private async finishDirs(): Promise<void> {
     this.dirs.sort((a, b) => b.depth - a.depth);
-    for (const d of this.dirs) {
-      if (!d.node) continue;
-      try {
-        if (this.owners) await fs.lchown(d.dest, d.node.uid, d.node.gid).catch(() => undefined);
-        await fs.chmod(d.dest, d.node.mode);
-        const t = nsToTime(d.node.mtimeNs);
-        await fs.utimes(d.dest, t, t);
-      } catch (err) {
-        this.result.errors.push({ path: d.dest, reason: asBulwarkError(err).message });
-      }
+    for (const d of this.dirs) if (this.made.has(d.dest)) await this.finishDir(d.dest, d.node);
+    await this.publishStaged();
+    for (const d of this.dirs) if (!this.made.has(d.dest)) await this.finishDir(d.dest, d.node);
+  }
+
+  private async finishDir(dest: string, node: TreeNode | undefined): Promise<void> {
+    if (!node) return;
+    const at = this.made.get(dest) ?? dest;
+    try {
+      if (this.owners) await fs.lchown(at, node.uid, node.gid).catch(() => undefined);
+      await fs.chmod(at, node.mode);
+      const t = nsToTime(node.mtimeNs);
+      await fs.utimes(at, t, t);
+    } catch (err) {
+      this.result.errors.push({ path: dest, reason: asBulwarkError(err).message });
     }
   }
 
   /**
-   * Directories this run created. Nothing can be in the way inside them (they are created 0700
-   * and were empty), so their entries are created without an lstat first: on a restore into an
-   * empty target that saves one system call and one ENOENT error per file and directory.
+   * Directories this run created, each with where it is: its place in a staged directory (see the
+   * top of this file). Nothing can be in the way inside them (they are created 0700 and were
+   * empty), so their entries are created without an lstat first: on a restore into an empty
+   * target that saves one system call and one ENOENT error per file and directory.
    */
-  private readonly created = new Set<string>();
+  private readonly made = new Map<string, string>();
+  /** Staged directories not yet renamed into place: real path → temporary path. */
+  private readonly staged = new Map<string, string>();
+
+  /** Where the entry `name` of directory `dir` (a real path) is made. */
+  private ioPath(dir: string, name: string): string {
+    return path.join(this.made.get(dir) ?? dir, name);
+  }
+
+  /**
+   * Create directory `dest` (its parent exists): in its place inside a staged directory, else as
+   * a new staged directory under a temporary name beside it.
+   */
+  private async makeDir(dest: string): Promise<void> {
+    const parent = path.dirname(dest);
+    const inStaged = this.made.get(parent);
+    const at = inStaged !== undefined ? path.join(inStaged, path.basename(dest)) : path.join(parent, this.tempName());
+    await fs.mkdir(at, { mode: 0o700 });
+    this.made.set(dest, at);
+    if (inStaged === undefined) this.staged.set(dest, at);
+  }
+
+  /**
+   * Rename each staged directory to its real name. One whose name was taken meanwhile (something
+   * created there during the restore) is renamed beside it instead, and reported: a rename would
+   * replace an empty directory, and fail on anything else.
+   */
+  private async publishStaged(): Promise<void> {
+    for (const [dest, at] of this.staged) {
+      this.staged.delete(dest);
+      try {
+        const taken = await fs.lstat(dest).then(() => true, (err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? false : Promise.reject(err)));
+        const to = taken ? `${dest}.restored-${randomBytes(4).toString('hex')}` : dest;
+        await fs.rename(at, to);
+        if (taken) this.result.errors.push({ path: dest, reason: `something was created at this path during the restore; restored to ${to} instead` });
+      } catch (err) {
+        this.result.errors.push({ path: dest, reason: `could not move it into place from ${at}: ${asBulwarkError(err).message}` });
+      }
+    }
+  }
 
   /**
    * The subdirectories of a directory this run created, all at once (up to 16 mkdirs in flight):
@@ -732,8 +802,7 @@ class RestoreRun {
       while (next < dirs.length) {
         const d = dirs[next++]!;
         try {
-          await fs.mkdir(d, { mode: 0o700 });
-          this.created.add(d);
+          await this.makeDir(d);
         } catch {
           // planNode's ensureDir tries again and reports it
         }
@@ -744,10 +813,9 @@ class RestoreRun {
 
   /** Make sure `dest` is a real directory (not a symlink); create it when missing. */
   private async ensureDir(dest: string, isTarget: boolean): Promise<boolean> {
-    if (!isTarget && this.created.has(dest)) return true; // made by makeChildDirs
-    if (this.created.has(path.dirname(dest))) {
-      await fs.mkdir(dest, { mode: 0o700 });
-      this.created.add(dest);
+    if (!isTarget && this.made.has(dest)) return true; // made by makeChildDirs
+    if (this.made.has(path.dirname(dest))) {
+      await this.makeDir(dest);
       return true;
     }
     try {
@@ -762,8 +830,8 @@ class RestoreRun {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
-    await fs.mkdir(dest, { recursive: isTarget, mode: 0o700 });
-    if (!isTarget) this.created.add(dest);
+    if (isTarget) await fs.mkdir(dest, { recursive: true, mode: 0o700 });
+    else await this.makeDir(dest);
     return true;
   }
 
@@ -777,13 +845,15 @@ class RestoreRun {
       const m = TEMP_NAME.exec(name);
       if (!m || processAlive(Number(m[1]))) continue;
       const p = path.join(dir, name);
-      if ((await fs.lstat(p).catch(() => undefined))?.isFile()) await fs.rm(p, { force: true });
+      const st = await fs.lstat(p).catch(() => undefined);
+      // a file, or a staged directory with what the killed run had restored into it (rm does not follow symlinks)
+      if (st?.isFile() || st?.isDirectory()) await fs.rm(p, { recursive: true, force: true });
     }
   }
 
   /** True (and an error listed) when something exists at dest and overwrite is off. */
   private async refuseExisting(dest: string): Promise<boolean> {
-    if (this.created.has(path.dirname(dest))) return false;
+    if (this.made.has(path.dirname(dest))) return false;
     try {
       const st = await fs.lstat(dest);
       if (!this.o.overwrite || st.isDirectory()) {

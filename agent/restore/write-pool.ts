@@ -7,9 +7,10 @@
  *   verify   HMAC-SHA256 under the host's id key must equal the blob id (pack.ts openBlob)
  *   write    to each target with synchronous calls: a file made of this one blob is created
  *            ('wx'; with its final mode when the umask allows, else 0600 and an fchmod), written,
- *            given its owner, mode and times, closed and renamed into place;
- *            a part of a larger file is written at its offset into the temporary file the main
- *            thread created
+ *            given its owner, mode and times, closed, and renamed into place when it was written
+ *            to a temporary (not inside a staged directory, see restore.ts);
+ *            a part of a larger file is written at its offset into the file the main thread
+ *            created
  * and the reply says, per blob, whether it was genuine and, per target, what was written. A blob
  * that fails verification is NOT written: the main thread reads it again through the tamper-proof
  * path. Measured before (docs/benchmarks.md): the restore's main thread was 92 % busy, a third of
@@ -30,11 +31,14 @@ import type { DirectRead } from '../../common/storage/blob-store.js';
 export interface WriteTarget {
   /** The caller's handle for the file (echoed back). */
   file: number;
-  /** Temporary file to write. */
-  tmp: string;
+  /** The file to write: a temporary, or the file itself inside a staged directory. */
+  path: string;
   offset: number;
-  /** Set when this blob is the whole file: the worker creates, finishes and renames it. */
-  whole?: { dest: string; mode: number; time: number; owner?: { uid: number; gid: number } };
+  /**
+   * Set when this blob is the whole file: the worker creates and finishes it, and renames it to
+   * `renameTo` when that is set.
+   */
+  whole?: { renameTo?: string; mode: number; time: number; owner?: { uid: number; gid: number } };
 }
 
 export interface WriteBlob {
@@ -99,7 +103,7 @@ function writeTarget(t, plain) {
     // call less per file (20,000 small files: 20,000 fchmods); set-id and sticky bits always get one
     const mode = t.whole.mode;
     const exact = UMASK >= 0 && (mode & 0o7000) === 0 && (mode & UMASK) === 0;
-    const fd = fs.openSync(t.tmp, 'wx', exact ? mode & 0o777 : 0o600);
+    const fd = fs.openSync(t.path, 'wx', exact ? mode & 0o777 : 0o600);
     try {
       fs.writeSync(fd, plain, 0, plain.length, 0);
       if (t.whole.owner) { try { fs.fchownSync(fd, t.whole.owner.uid, t.whole.owner.gid); } catch {} }
@@ -108,10 +112,10 @@ function writeTarget(t, plain) {
     } finally {
       fs.closeSync(fd);
     }
-    fs.renameSync(t.tmp, t.whole.dest);
+    if (t.whole.renameTo !== undefined) fs.renameSync(t.path, t.whole.renameTo);
     return true;
   }
-  const fd = fs.openSync(t.tmp, 'r+');
+  const fd = fs.openSync(t.path, 'r+');
   try {
     fs.writeSync(fd, plain, 0, plain.length, t.offset);
   } finally {
@@ -295,7 +299,7 @@ parentPort.on('message', async (m) => {
         const done = writeTarget(t, plain);
         targets.push({ file: t.file, written: plain.length, done });
       } catch (e) {
-        if (t.whole) { try { fs.rmSync(t.tmp, { force: true }); } catch {} }
+        if (t.whole) { try { fs.rmSync(t.path, { force: true }); } catch {} }
         targets.push({ file: t.file, written: 0, done: false, error: String(e && e.message || e) });
       }
     }

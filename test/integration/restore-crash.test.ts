@@ -1,10 +1,12 @@
 /**
  * kill -9 of an agent in the middle of a restore, at random points (seeded; see
  * test/helpers/kill-child.ts). Under their real names the target only ever holds complete,
- * correct files; a rerun into the same directory removes the killed run's temporary files and,
- * with `overwrite`, ends byte-identical to the source; without it, the rerun restores the rest
- * and names each file already in place. A restore never writes to the bucket: the snapshot and
- * every object it needs are exactly as before.
+ * correct files; a rerun into the same directory removes the killed run's temporary files and
+ * staged directories and, with `overwrite`, ends byte-identical to the source; without it, the
+ * rerun restores the rest and names each file already in place. Half the rounds restore into a
+ * fresh directory (everything staged, agent/restore/restore.ts), half into one where the root and
+ * bulk/ exist already (their files go through temporaries, the other directories are staged). A
+ * restore never writes to the bucket: the snapshot and every object it needs are exactly as before.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
@@ -34,11 +36,11 @@ const digest = async (p: string) => createHash('sha256').update(await fs.readFil
 /**
  * What a killed restore left under `actual` (the restored copy of `expected`): every entry under
  * its real name must be right — a regular file complete, with its content, size, mode and mtime —
- * and temporary files are counted. Returns the problems, the non-directory entries in place, and
- * the temporaries.
+ * and temporary files and staged directories are counted (not entered: nothing in them has its
+ * real path yet). Returns the problems, the non-directory entries in place, and the temporaries.
  */
-async function inspectPartial(expected: string, actual: string): Promise<{ problems: string[]; inPlace: string[]; temporaries: number }> {
-  const r = { problems: [] as string[], inPlace: [] as string[], temporaries: 0 };
+async function inspectPartial(expected: string, actual: string): Promise<{ problems: string[]; inPlace: string[]; temporaries: number; staged: number }> {
+  const r = { problems: [] as string[], inPlace: [] as string[], temporaries: 0, staged: 0 };
   async function walk(rel: string): Promise<void> {
     let names: string[];
     try {
@@ -51,6 +53,10 @@ async function inspectPartial(expected: string, actual: string): Promise<{ probl
       const a = await fs.lstat(path.join(actual, p));
       if (TEMP.test(name) && a.isFile()) {
         r.temporaries++;
+        continue;
+      }
+      if (TEMP.test(name) && a.isDirectory()) {
+        r.staged++;
         continue;
       }
       const e = await fs.lstat(path.join(expected, p)).catch(() => undefined);
@@ -124,7 +130,7 @@ describe('kill -9 during a restore', () => {
     expect(await compareTrees(src, path.join(full, src))).toEqual([]);
     const steps = calibration.steps;
     expect(steps).toBeGreaterThan(10);
-    note(`a whole restore: ${steps} steps (reads, files moved into place, links)`);
+    note(`a whole restore: ${steps} steps (reads, directories made, renames, modes set, links)`);
     // killed just after it finished: a rerun without overwrite names every file and replaces none;
     // with overwrite it replaces every file, link and symlink and ends identical
     const kept = await rerun(full, false);
@@ -142,9 +148,10 @@ describe('kill -9 during a restore', () => {
       // just before a random step (0: as it starts planning), or a little after it
       const point = { step: Math.floor(rand() * steps), jitterMs: rand() < 0.5 ? 0 : 1 + Math.floor(rand() * 8) };
       const out = path.join(tmp, `out-${round}`);
+      if (round % 2 === 0) await fs.mkdir(path.join(out, src, 'bulk'), { recursive: true });
       const run = await runChild('restore-child.ts', env(out), point);
       const left = await inspectPartial(src, path.join(out, src));
-      note(`round ${round}: kill at step ${point.step} + ${point.jitterMs} ms → ${run.killed ? 'killed' : 'finished'} after ${run.steps} steps; ${left.inPlace.length} entries in place, ${left.temporaries} temporaries`);
+      note(`round ${round}: kill at step ${point.step} + ${point.jitterMs} ms → ${run.killed ? 'killed' : 'finished'} after ${run.steps} steps; ${left.inPlace.length} entries in place, ${left.temporaries} temporaries, ${left.staged} staged directories`);
       if (run.killed) killed++;
       expect(left.problems, `round ${round}`).toEqual([]);
 

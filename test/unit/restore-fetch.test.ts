@@ -7,6 +7,7 @@
  * it runs in the integration suite.
  */
 import { randomBytes } from 'node:crypto';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -179,6 +180,76 @@ describe('restore: modes of one-blob files written by the workers', () => {
     expect(r.errors).toEqual([]);
     for (const m of modes) expect(((await fs.stat(path.join(target, src, `m${m.toString(8)}`))).mode & 0o7777).toString(8)).toBe(m.toString(8));
     expect(await compareTrees(src, path.join(target, src))).toEqual([]);
+  });
+});
+
+/** `host` reading every pack 30 ms late: a restore of the small world takes long enough to watch. */
+function slowed(host: HostRepository, store: BlobStore): HostRepository {
+  const slow = new Proxy(store, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver);
+      if (prop === 'get') return async (...args: Parameters<BlobStore['get']>) => (await new Promise((r) => setTimeout(r, 30)), target.get(...args));
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+  return through(host, slow);
+}
+
+describe('restore: staged directories', () => {
+  it.each([{ workers: 0 }, { workers: 2 }])('a new directory appears under its real name only when complete, the existing ones get their times after the renames (workers $workers)', async ({ workers }) => {
+    const w = await world(`staged-${workers}`);
+    const index = (await w.host.loadIndex()).index;
+    const target = path.join(tmp, `staged-${workers}-out`);
+    // the root and its d0 exist: their files are renamed into place one by one; d1…d11 and
+    // m-hostile are new, each staged under a temporary name until the end
+    const root = path.join(target, w.src);
+    await fs.mkdir(path.join(root, 'd0'), { recursive: true });
+    const fresh = ['m-hostile', ...Array.from({ length: 11 }, (_, i) => `d${i + 1}`)];
+    const seen: string[][] = [];
+    let stagedSeen = 0;
+    const r = await restore({
+      host: slowed(w.host, w.store), index, manifest: w.manifest, target, workers, directReads: false, fetchIdleAfter: 8,
+      onProgress: (p) => {
+        if (p.filesDone === p.filesTotal) return;
+        const entries = readdirSync(root, { withFileTypes: true });
+        seen.push(entries.map((e) => e.name));
+        stagedSeen += entries.filter((e) => e.name.startsWith('.bwr-') && e.isDirectory()).length;
+      },
+    });
+    expect(r.errors).toEqual([]);
+    expect(await compareTrees(w.src, root)).toEqual([]); // directories' times too: set after the renames
+    expect(seen.length).toBeGreaterThan(2);
+    for (const names of seen) expect(names.filter((n) => fresh.includes(n))).toEqual([]);
+    expect(stagedSeen).toBeGreaterThan(0); // directories under temporary names while the restore ran
+    expect((await fs.readdir(root)).filter((n) => n.startsWith('.bwr-'))).toEqual([]);
+  });
+
+  it('a name taken while the restore ran: the staged directory is moved beside it and reported; what was there is untouched', async () => {
+    const w = await world('taken');
+    const index = (await w.host.loadIndex()).index;
+    const target = path.join(tmp, 'taken-out');
+    const parent = path.join(target, path.dirname(w.src));
+    await fs.mkdir(parent, { recursive: true });
+    const root = path.join(target, w.src);
+    let planted = false;
+    const r = await restore({
+      host: slowed(w.host, w.store), index, manifest: w.manifest, target, workers: 2, directReads: false, fetchIdleAfter: 8,
+      onProgress: () => {
+        if (planted) return;
+        planted = true;
+        mkdirSync(root);
+        writeFileSync(path.join(root, 'mine'), 'not from the snapshot');
+      },
+    });
+    expect(planted).toBe(true);
+    expect(r.errors).toHaveLength(1);
+    expect(r.errors[0]!.path).toBe(root);
+    const beside = /restored to (\S+) instead$/.exec(r.errors[0]!.reason)?.[1];
+    expect(beside).toMatch(new RegExp(`^${root.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.restored-[0-9a-f]{8}$`));
+    expect(await fs.readdir(root)).toEqual(['mine']);
+    expect(await fs.readFile(path.join(root, 'mine'), 'utf8')).toBe('not from the snapshot');
+    expect(await compareTrees(w.src, beside!)).toEqual([]);
+    expect((await fs.readdir(parent)).filter((n) => n.startsWith('.bwr-'))).toEqual([]);
   });
 });
 
