@@ -183,16 +183,15 @@ describe('restore: modes of one-blob files written by the workers', () => {
   });
 });
 
-/** `host` reading every pack 30 ms late: a restore of the small world takes long enough to watch. */
-function slowed(host: HostRepository, store: BlobStore): HostRepository {
-  const slow = new Proxy(store, {
+/** `store` answering every read 30 ms late: a restore of the small world takes long enough to watch or cancel. */
+function slowStore(store: BlobStore): BlobStore {
+  return new Proxy(store, {
     get(target, prop, receiver) {
       const v = Reflect.get(target, prop, receiver);
       if (prop === 'get') return async (...args: Parameters<BlobStore['get']>) => (await new Promise((r) => setTimeout(r, 30)), target.get(...args));
       return typeof v === 'function' ? v.bind(target) : v;
     },
   });
-  return through(host, slow);
 }
 
 describe('restore: staged directories', () => {
@@ -208,7 +207,7 @@ describe('restore: staged directories', () => {
     const seen: string[][] = [];
     let stagedSeen = 0;
     const r = await restore({
-      host: slowed(w.host, w.store), index, manifest: w.manifest, target, workers, directReads: false, fetchIdleAfter: 8,
+      host: through(w.host, slowStore(w.store)), index, manifest: w.manifest, target, workers, directReads: false, fetchIdleAfter: 8,
       onProgress: (p) => {
         if (p.filesDone === p.filesTotal) return;
         const entries = readdirSync(root, { withFileTypes: true });
@@ -233,7 +232,7 @@ describe('restore: staged directories', () => {
     const root = path.join(target, w.src);
     let planted = false;
     const r = await restore({
-      host: slowed(w.host, w.store), index, manifest: w.manifest, target, workers: 2, directReads: false, fetchIdleAfter: 8,
+      host: through(w.host, slowStore(w.store)), index, manifest: w.manifest, target, workers: 2, directReads: false, fetchIdleAfter: 8,
       onProgress: () => {
         if (planted) return;
         planted = true;
@@ -260,14 +259,7 @@ describe('restore: cancelled', () => {
     servers.push(http);
     // every pack read takes 30 ms, through the workers or through the store: the abort lands mid-way
     http.fault = () => ({ delayMs: 30 });
-    const slow = new Proxy(w.store, {
-      get(target, prop, receiver) {
-        const v = Reflect.get(target, prop, receiver);
-        if (prop === 'get') return async (...args: Parameters<MemoryStore['get']>) => (await new Promise((r) => setTimeout(r, 30)), target.get(...args));
-        return typeof v === 'function' ? v.bind(target) : v;
-      },
-    });
-    const host = through(w.host, direct ? http.store : slow);
+    const host = through(w.host, direct ? http.store : slowStore(w.store));
     const index = (await w.host.loadIndex()).index;
     const target = path.join(tmp, `abort-${direct}-out`);
     const ac = new AbortController();
