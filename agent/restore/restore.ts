@@ -750,8 +750,6 @@ class RestoreRun {
    * target that saves one system call and one ENOENT error per file and directory.
    */
   private readonly made = new Map<string, string>();
-  /** Staged directories not yet renamed into place: real path → temporary path. */
-  private readonly staged = new Map<string, string>();
 
   /** Where the entry `name` of directory `dir` (a real path) is made. */
   private ioPath(dir: string, name: string): string {
@@ -768,17 +766,17 @@ class RestoreRun {
     const at = inStaged !== undefined ? path.join(inStaged, path.basename(dest)) : path.join(parent, this.tempName());
     await fs.mkdir(at, { mode: 0o700 });
     this.made.set(dest, at);
-    if (inStaged === undefined) this.staged.set(dest, at);
   }
 
   /**
-   * Rename each staged directory to its real name. One whose name was taken meanwhile (something
-   * created there during the restore) is renamed beside it instead, and reported: a rename would
-   * replace an empty directory, and fail on anything else.
+   * Rename each staged directory (one this run made in a directory it did not make) to its real
+   * name. One whose name was taken meanwhile (something created there during the restore) is
+   * renamed beside it instead, and reported: a rename would replace an empty directory, and fail
+   * on anything else. Called once: at the end of the restore, or when it stops.
    */
   private async publishStaged(): Promise<void> {
-    for (const [dest, at] of this.staged) {
-      this.staged.delete(dest);
+    for (const [dest, at] of this.made) {
+      if (this.made.has(path.dirname(dest))) continue; // inside a staged directory: moves with it
       try {
         const taken = await fs.lstat(dest).then(() => true, (err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? false : Promise.reject(err)));
         const to = taken ? `${dest}.restored-${randomBytes(4).toString('hex')}` : dest;
