@@ -218,14 +218,17 @@ export class Packer {
     const { bytes, entries, encoded } = this.builder!.finishBytes(this.host.keys);
     this.builder = undefined;
     idsInto(entries, encoded);
+    // the pack's SHA-256 (its id, and the checksum of its PUT) on a worker when there are workers,
+    // started before waiting for an upload slot so that it is ready when one frees
+    // (measured against the local RGW: +7 % end to end, 8 alternating pairs)
+    const hashed = this.pool?.hashPack(bytes);
+    hashed?.catch(() => undefined); // awaited (and its failure kept) by upload()
     // backpressure: at most `uploads` packs in memory besides the open one
     while (this.inFlight.size >= (this.o.uploads ?? 3)) await Promise.race(this.inFlight);
     if (this.failure) throw this.failure;
-    const pool = this.pool;
     const upload = async (): Promise<void> => {
       try {
-        // the pack's SHA-256 (its id, and the checksum of its PUT) on a worker when there are workers
-        const pack = pool ? await pool.hashPack(bytes) : { id: contentId(bytes), bytes };
+        const pack = hashed ? await hashed : { id: contentId(bytes), bytes };
         this.resolved.set(ref, pack.id);
         await this.host.savePack(pack, this.o.lock, this.o.signal);
         const up = { id: pack.id, entries: encoded, size: pack.bytes.length };
