@@ -17,6 +17,10 @@
  *       this process's CPU time, all threads) compares runs on a machine others are using too.
  *   (b) uploading 16 MiB packs to S3 (the local Ceph RGW by default) with S3Store.put and a
  *       COMPLIANCE lock, 4 and 8 in flight, against `rclone copy` of the same packs as files.
+ *   (c) the backup's write path end to end: the Packer (2 seal workers, and none) uploading to S3
+ *       with locks, on random data, real text and synthetic text of the same size, in turn, 3 times;
+ *       input MB/s, the server's CPU, and text against random data (issue #3's question: does
+ *       compression make the backup slower?).
  *
  * MB = 10^6 bytes. "cpu" is CPU time over wall time: 1.00 = one core busy for the whole interval;
  * on a shared machine a low figure means something else had the core. Prints figures and asserts
@@ -24,14 +28,16 @@
  *
  * Run: npm run bench:storage [-- MiB [packs]]   or   npx tsx scripts/bench/storage.ts [MiB [packs]]
  * Env: BENCH_MIB (pipeline data, default 512), BENCH_PACKS (packs uploaded per pass, default 64;
- *      0 skips (b), and with it S3),
+ *      0 skips (b) and (c), and with them S3), BENCH_E2E_MIB (data per input in (c), default 256;
+ *      0 skips (c)), BENCH_E2E_ROUNDS (default 3),
  *      BENCH_LOCK_SECONDS (retention of the uploaded packs, default 600), BULWARK_S3_* (the S3
  *      endpoint; when unset, `scripts/s3-local.sh up` is run and its output used).
  *
- * Memory: the texts are made and run first, one after the other, and dropped before the random data (a
- * SharedArrayBuffer, shared with the workers without a copy, later also the pack bodies) is
- * made, so about MiB + 300 MiB at the peak. The rclone side writes packs × 16 MiB of files to a
- * temp dir, removed afterwards.
+ * Memory: the texts of (a) are made and run first, one after the other, and dropped before the
+ * random data (a SharedArrayBuffer, shared with the workers without a copy, later also the pack
+ * bodies) is made, so about MiB + 300 MiB at the peak; (c) then adds its three inputs
+ * (3 × BENCH_E2E_MIB). The rclone side writes packs × 16 MiB of files to a temp dir, removed
+ * afterwards.
  *
  * Space on the S3 side: each run leaves 2 × packs × 16 MiB locked for BENCH_LOCK_SECONDS in a
  * bucket named bulwark-bench-storage-lock-…; rclone runs first and its buckets are purged at once.
@@ -589,10 +595,14 @@ class DiscardPacks extends MemoryStore {
  * AES-GCM) → pack → SHA-256 on a worker → a store that drops the pack. `workers` 0: all on
  * the main thread, as a backup without workers.
  */
-async function runPacker(data: Uint8Array, workers: number): Promise<{ ms: number; cpuMs: number; machineMs: number; packs: number }> {
-  const lock = { mode: 'COMPLIANCE' as const, retainUntil: Date.now() + 3_600_000 };
-  const repo = await Repository.init(new DiscardPacks(), { passphrase: 'bench', lock });
-  const host = repo.host(HOST);
+async function runPacker(
+  data: Uint8Array,
+  workers: number,
+  at?: { repo: Repository; host: string; lockSeconds: number },
+): Promise<{ ms: number; cpuMs: number; machineMs: number; packs: number; stored: number }> {
+  const lock = { mode: 'COMPLIANCE' as const, retainUntil: Date.now() + (at?.lockSeconds ?? 3600) * 1000 };
+  const repo = at?.repo ?? (await Repository.init(new DiscardPacks(), { passphrase: 'bench', lock }));
+  const host = repo.host(at?.host ?? HOST);
   const table = createGearTable(host.keys.chunk);
   const params = compileChunkerOptions(host.config.chunker);
   const packer = new Packer(host, new BlobIndex(), { lock, sealWorkers: workers, inlineBytes: 0 });
@@ -608,7 +618,7 @@ async function runPacker(data: Uint8Array, workers: number): Promise<{ ms: numbe
   const ms = performance.now() - t0;
   const cpu = process.cpuUsage(cpu0);
   await packer.close();
-  return { ms, cpuMs: (cpu.user + cpu.system) / 1000, machineMs: (machineBusyMs() ?? NaN) - m0, packs: packer.uploaded.length };
+  return { ms, cpuMs: (cpu.user + cpu.system) / 1000, machineMs: (machineBusyMs() ?? NaN) - m0, packs: packer.uploaded.length, stored: packer.bytesUploaded };
 }
 
 /** (b): uploads of `packCount` 16 MiB packs cut from the random data, ours against rclone; figures into `result`. */
@@ -702,6 +712,82 @@ async function uploadPart(sab: SharedArrayBuffer, size: number, packCount: numbe
   if (result.upload_MBps && result.rclone_MBps) console.log(`  ours / rclone (4 in flight each) = ${(result.upload_MBps / result.rclone_MBps).toFixed(2)}`);
 }
 
+/**
+ * (c): the backup's write path end to end. The Packer, with 2 seal workers (the backup's default
+ * here) and with none (the backup on one core), uploads its packs with S3Store.put and a
+ * COMPLIANCE lock into one locked bucket, each run as a host of its own, on random data, real text
+ * and synthetic text of the same size, in turn, `rounds` times.
+ * (a) drops the packs, so there a stored byte costs only its AES-GCM, its copy into the pack and
+ * the pack's SHA-256; here it also costs its upload, on both sides of the socket. Issue #3 asks
+ * whether compression makes the backup slower on text: this is the backup's own answer on this
+ * machine (RGW shares its 2 cores, as an S3 server on the backup host would; a remote endpoint
+ * takes the server's share off the machine but adds the network's limit).
+ */
+async function endToEndPart(sizeMiB: number, rounds: number, lockSeconds: number, result: Record<string, number | null>): Promise<void> {
+  const s3 = s3Env();
+  const local = localCluster(s3.endpoint);
+  const size = sizeMiB * MiB;
+  const inputs: Array<{ key: string; label: string; data: Uint8Array }> = [];
+  const random = new Uint8Array(size);
+  for (let off = 0; off < size; off += 64 * MiB) randomFillSync(random, off, Math.min(64 * MiB, size - off));
+  inputs.push({ key: 'random', label: 'random data', data: random });
+  const real = realText(size);
+  if (real.data.length >= 32 * MiB) inputs.push({ key: 'realtext', label: 'real text', data: real.data });
+  inputs.push({ key: 'text', label: 'synthetic text', data: generateText(size) });
+  const input = inputs.reduce((n, x) => n + x.data.length, 0);
+  console.log(
+    `(c) the backup's write path end to end: Packer (SealPool 2 workers, and none) → S3Store.put (COMPLIANCE lock) to ${s3.endpoint}; ` +
+      `${inputs.map((x) => `${x.label} ${(x.data.length / MiB).toFixed(0)} MiB`).join(', ')}; ${rounds} rounds, load ${load()}`,
+  );
+  const avail = local ? osdAvailable(local) : undefined;
+  // per round and Packer setting: random data stored whole, text at less than half its size
+  const need = 2 * rounds * (random.length + (input - random.length) / 2) + 768 * MiB;
+  if (avail !== undefined && avail < need) {
+    console.log(`  SKIPPED: the local OSD has ${(avail / GiB).toFixed(1)} GiB free, (c) needs ${(need / GiB).toFixed(1)} GiB (wait until earlier runs' locks end)`);
+    return;
+  }
+  // one bucket and repository for every run, each run a host of its own (its own keys and
+  // prefix, nothing to dedup against): the first PUTs into a new bucket take RGW ~0.5–1 s more
+  const bucket = bucketName('e2e');
+  const store = new S3Store(storeOptions(s3, bucket));
+  await store.client.send(new CreateBucketCommand({ Bucket: bucket, ObjectLockEnabledForBucket: true }));
+  const repo = await Repository.init(store, { passphrase: 'bench', lock: { mode: 'COMPLIANCE', retainUntil: Date.now() + lockSeconds * 1000 } });
+  const runs = new Map<string, number[]>();
+  let n = 0;
+  try {
+    for (let round = 1; round <= rounds; round++) {
+      for (const [x, workers] of inputs.flatMap((x) => [[x, 2], [x, 0]] as const)) {
+        await settle();
+        const m0 = cpuMark(local);
+        const r = await runPacker(x.data, workers, { repo, host: `${HOST}-${n++}`, lockSeconds });
+        const m1 = cpuMark(local);
+        const v = line(
+          `${x.label}, ${workers ? `${workers} seal workers` : 'no workers'}, round ${round}`,
+          x.data.length,
+          r.ms,
+          `${uploadNote(r, m0, m1)}${perCpu(x.data.length, r)}; ${r.packs} packs, ${(r.stored / MiB).toFixed(0)} MiB stored (${(x.data.length / r.stored).toFixed(2)}×)`,
+        );
+        const key = `${x.key}${workers ? '' : '_0'}`;
+        runs.set(key, [...(runs.get(key) ?? []), v]);
+      }
+    }
+  } finally {
+    store.client.destroy();
+  }
+  const median = (xs: number[]): number => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+  };
+  for (const [suffix, what] of [['', '2 seal workers'], ['_0', 'no workers (the backup on one core, RGW on the other)']] as const) {
+    const base = median(runs.get(`random${suffix}`)!);
+    for (const x of inputs) {
+      const m = median(runs.get(x.key + suffix)!);
+      result[`e2e_${x.key}${suffix}_MBps`] = m;
+      console.log(`  ${x.label}, ${what}: median ${fmt(m).trim()} MB/s${x.key === 'random' ? '' : `, ${(m / base).toFixed(2)}× random data`}`);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Main
 
@@ -709,7 +795,10 @@ async function main(): Promise<void> {
   const sizeMiB = Math.floor(Number(process.argv[2] ?? process.env.BENCH_MIB ?? 512));
   const packCount = Math.floor(Number(process.argv[3] ?? process.env.BENCH_PACKS ?? 64));
   const lockSeconds = Number(process.env.BENCH_LOCK_SECONDS ?? 600);
+  const e2eMiB = Math.floor(Number(process.env.BENCH_E2E_MIB ?? 256));
+  const e2eRounds = Math.floor(Number(process.env.BENCH_E2E_ROUNDS ?? 3));
   if (!(sizeMiB >= 64) || !(packCount >= 0) || !(lockSeconds >= 1)) throw new Error('usage: storage.ts [MiB >= 64] [packs >= 0 (0: no upload part)]');
+  if (!(e2eMiB === 0 || e2eMiB >= 64) || !(e2eRounds >= 1)) throw new Error('BENCH_E2E_MIB: 0 (no end-to-end part) or >= 64; BENCH_E2E_ROUNDS >= 1');
   const size = sizeMiB * MiB;
   console.log(`storage bench: node ${process.version}, ${os.cpus()[0]?.model ?? '?'} × ${os.availableParallelism()}, load ${load()}; MB = 10^6 bytes`);
 
@@ -879,6 +968,10 @@ async function main(): Promise<void> {
   if (packCount > 0) await uploadPart(sab, size, packCount, lockSeconds, result);
   else console.log('(b) upload: skipped (0 packs)');
 
+  // --- (c) end to end -----------------------------------------------------------------------
+  if (packCount > 0 && e2eMiB > 0) await endToEndPart(e2eMiB, e2eRounds, lockSeconds, result);
+  else console.log('(c) end to end: skipped (BENCH_PACKS=0 or BENCH_E2E_MIB=0)');
+
   const r1 = (x: number | null | undefined): number | null => (typeof x === 'number' && Number.isFinite(x) ? round(x) : null);
   console.log(
     JSON.stringify({
@@ -911,6 +1004,13 @@ async function main(): Promise<void> {
       rclone_default_MBps: r1(result.rclone_default_MBps),
       rclone_8_MBps: r1(result.rclone_8_MBps),
       upload_over_rclone: result.upload_MBps && result.rclone_MBps ? round2(result.upload_MBps / result.rclone_MBps) : null,
+      e2e_random_MBps: r1(result.e2e_random_MBps),
+      e2e_realtext_MBps: r1(result.e2e_realtext_MBps),
+      e2e_text_MBps: r1(result.e2e_text_MBps),
+      e2e_realtext_over_random: result.e2e_realtext_MBps && result.e2e_random_MBps ? round2(result.e2e_realtext_MBps / result.e2e_random_MBps) : null,
+      e2e_random_0_MBps: r1(result.e2e_random_0_MBps),
+      e2e_realtext_0_MBps: r1(result.e2e_realtext_0_MBps),
+      e2e_text_0_MBps: r1(result.e2e_text_0_MBps),
       upload_cpu_s_per_GiB: result.upload_cpu_s_per_GiB ?? null,
       rclone_cpu_s_per_GiB: result.rclone_cpu_s_per_GiB ?? null,
       data_MiB: sizeMiB,
