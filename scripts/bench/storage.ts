@@ -20,7 +20,7 @@
  *   (c) the backup's write path end to end: the Packer (2 seal workers, and none) uploading to S3
  *       with locks, on random data, real text and synthetic text of the same size, in turn, 3 times;
  *       input MB/s, the server's CPU, and text against random data (issue #3's question: does
- *       compression make the backup slower?).
+ *       compression make the backup slower?). It runs before (b), on an emptier server.
  *
  * MB = 10^6 bytes. "cpu" is CPU time over wall time: 1.00 = one core busy for the whole interval;
  * on a shared machine a low figure means something else had the core. Prints figures and asserts
@@ -625,8 +625,6 @@ async function runPacker(
 async function uploadPart(sab: SharedArrayBuffer, size: number, packCount: number, lockSeconds: number, result: Record<string, number | null>): Promise<void> {
   fullGc();
   const s3 = s3Env();
-  // the SDK's "node >= 22 from 2027" notice would land in the middle of the figures
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const local = localCluster(s3.endpoint);
   const total = packCount * PACK_BYTES;
   const bodies: Buffer[] = [];
@@ -739,17 +737,21 @@ async function endToEndPart(sizeMiB: number, rounds: number, lockSeconds: number
     `(c) the backup's write path end to end: Packer (SealPool 2 workers, and none) → S3Store.put (COMPLIANCE lock) to ${s3.endpoint}; ` +
       `${inputs.map((x) => `${x.label} ${(x.data.length / MiB).toFixed(0)} MiB`).join(', ')}; ${rounds} rounds, load ${load()}`,
   );
+  const bucket = bucketName('e2e');
+  const store = new S3Store(storeOptions(s3, bucket));
+  const old = await removeOldBenchBuckets(s3, store.client);
+  if (local) rgwGc(local);
+  if (old.removed + old.kept > 0) console.log(`  earlier runs' buckets: ${old.removed} removed, ${old.kept} kept (still locked, or less than 15 min old)`);
   const avail = local ? osdAvailable(local) : undefined;
   // per round and Packer setting: random data stored whole, text at less than half its size
   const need = 2 * rounds * (random.length + (input - random.length) / 2) + 768 * MiB;
   if (avail !== undefined && avail < need) {
     console.log(`  SKIPPED: the local OSD has ${(avail / GiB).toFixed(1)} GiB free, (c) needs ${(need / GiB).toFixed(1)} GiB (wait until earlier runs' locks end)`);
+    store.client.destroy();
     return;
   }
   // one bucket and repository for every run, each run a host of its own (its own keys and
   // prefix, nothing to dedup against): the first PUTs into a new bucket take RGW ~0.5–1 s more
-  const bucket = bucketName('e2e');
-  const store = new S3Store(storeOptions(s3, bucket));
   await store.client.send(new CreateBucketCommand({ Bucket: bucket, ObjectLockEnabledForBucket: true }));
   const repo = await Repository.init(store, { passphrase: 'bench', lock: { mode: 'COMPLIANCE', retainUntil: Date.now() + lockSeconds * 1000 } });
   const runs = new Map<string, number[]>();
@@ -800,6 +802,8 @@ async function main(): Promise<void> {
   if (!(sizeMiB >= 64) || !(packCount >= 0) || !(lockSeconds >= 1)) throw new Error('usage: storage.ts [MiB >= 64] [packs >= 0 (0: no upload part)]');
   if (!(e2eMiB === 0 || e2eMiB >= 64) || !(e2eRounds >= 1)) throw new Error('BENCH_E2E_MIB: 0 (no end-to-end part) or >= 64; BENCH_E2E_ROUNDS >= 1');
   const size = sizeMiB * MiB;
+  // the SDK's "node >= 22 from 2027" notice would land in the middle of the figures
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   console.log(`storage bench: node ${process.version}, ${os.cpus()[0]?.model ?? '?'} × ${os.availableParallelism()}, load ${load()}; MB = 10^6 bytes`);
 
   const master = newMasterKey();
@@ -963,14 +967,14 @@ async function main(): Promise<void> {
     realPacker2MBps = line('backup Packer on real text, SealPool 2 workers', realBytes, realPacker2.ms, `${cpuNotes(realPacker2)}${perCpu(realBytes, realPacker2)}; ${realPacker2.packs} packs`);
   } else console.log('  (less than 32 MiB of real text: not measured)');
 
-  // --- (b) upload ---------------------------------------------------------------------------
+  // --- (c) end to end, then (b) upload -------------------------------------------------------
+  // (c) first: the local RGW's memstore OSD grows in memory with what it holds (9 GB resident at
+  // ~4 GiB stored) and its PUTs slow down with it, by up to half (measured); (b) stores 2 GiB
   const result: Record<string, number | null> = { upload_MBps: null, rclone_MBps: null };
-  if (packCount > 0) await uploadPart(sab, size, packCount, lockSeconds, result);
-  else console.log('(b) upload: skipped (0 packs)');
-
-  // --- (c) end to end -----------------------------------------------------------------------
   if (packCount > 0 && e2eMiB > 0) await endToEndPart(e2eMiB, e2eRounds, lockSeconds, result);
   else console.log('(c) end to end: skipped (BENCH_PACKS=0 or BENCH_E2E_MIB=0)');
+  if (packCount > 0) await uploadPart(sab, size, packCount, lockSeconds, result);
+  else console.log('(b) upload: skipped (0 packs)');
 
   const r1 = (x: number | null | undefined): number | null => (typeof x === 'number' && Number.isFinite(x) ? round(x) : null);
   console.log(
