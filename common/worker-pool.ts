@@ -61,6 +61,12 @@ export class WorkerPool<R extends { seq: number; error?: string }> {
     });
   }
 
+  /** Send `msg` to every worker, for no reply (a setting the workers keep; structured-cloned). */
+  broadcast(msg: Record<string, unknown>): void {
+    if (this.failure || this.closed) return;
+    for (const w of this.workers) w.postMessage(msg);
+  }
+
   /** Stop the workers; requests still waiting fail. */
   async close(): Promise<void> {
     if (this.closed) return;

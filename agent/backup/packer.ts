@@ -71,6 +71,8 @@ export class Packer {
   private failure: unknown;
   readonly uploaded: UploadedPack[] = [];
   bytesUploaded = 0;
+  /** Bytes of chunks the seal workers found stored already by their id, so never compressed or encrypted. */
+  unsealedBytes = 0;
   private pool: SealPool | undefined;
   private submittedBytes = 0;
   private sealing = 0; // bytes submitted to the pool, not yet packed
@@ -129,8 +131,11 @@ export class Packer {
         try {
           const hex = s.id.toString('hex');
           const known = this.packOf(hex);
-          const added = known === undefined ? this.append('data', s.id, s.sealed, size) : undefined; // copies the sealed bytes at once
-          pool.release(s.sealed);
+          if (known !== undefined && s.plain) this.unsealedBytes += size;
+          // not stored yet: sealed by the worker, or, when its fingerprint was another blob's
+          // (rare: see SealPool), not sealed and sealed here
+          const added = known === undefined ? this.append('data', s.id, s.sealed ?? sealBlobParts(this.host.keys, s.id, s.plain), size) : undefined; // copies the sealed bytes at once
+          pool.release(s.sealed ?? s.plain);
           return { id: hex, ref: known ?? (await added!) };
         } finally {
           this.release(size);
@@ -181,8 +186,13 @@ export class Packer {
   private poolFor(): SealPool | undefined {
     if (this.pool) return this.pool;
     if (this.workers < 1 || this.submittedBytes <= (this.o.inlineBytes ?? 8 * 1024 * 1024)) return undefined;
-    this.pool = new SealPool(this.host.keys, { workers: this.workers });
-    return this.pool;
+    const pool = new SealPool(this.host.keys, { workers: this.workers });
+    // what is stored already, so that the workers skip sealing duplicates (a changed large file
+    // comes back mostly in chunks stored before); append() marks what this backup adds
+    this.index.forEachId((ids, at) => pool.markKnown(ids, at));
+    for (const hex of this.pending.keys()) pool.markKnown(Buffer.from(hex, 'hex'));
+    this.pool = pool;
+    return pool;
   }
 
   private release(size: number): void {
@@ -195,6 +205,7 @@ export class Packer {
     this.builder.add(type, id, sealed, rawLength);
     const ref = `~${this.seq}`;
     this.pending.set(id.toString('hex'), ref);
+    this.pool?.markKnown(id);
     if (this.builder.size >= this.host.config.packSize) await this.closePack();
     return ref;
   }

@@ -140,6 +140,11 @@ export class BlobIndex {
     this.rehash(this.slots.length);
   }
 
+  /** Calls `fn` with each blob's id, as 32 bytes at `at` in `ids` (valid during the call only). */
+  forEachId(fn: (ids: Uint8Array, at: number) => void): void {
+    for (let i = 0; i < this.count; i++) fn(this.ids, 32 * i);
+  }
+
   /** The entry number of a hex id, or -1. */
   private entryOf(id: string): number {
     if (id.length !== 64 || this.probe.write(id, 'hex') !== 32) return -1;

@@ -4,8 +4,18 @@
  * Two kinds of job, each on whichever worker is free:
  *   seal   plaintext chunk → blob id (HMAC-SHA256 under the host's id key) → compress (zstd, the
  *          same rule as compress.ts) → AES-256-GCM with the id as associated data (as
- *          pack.ts sealBlob): the sealed bytes in one buffer
+ *          pack.ts sealBlob): the sealed bytes in one buffer. Unless the id is one the caller
+ *          marked as stored already (`markKnown`): then the chunk comes back unsealed, and the
+ *          compression and encryption a duplicate would cost for nothing are skipped.
  *   hash   a finished pack → its SHA-256 (the pack id, also the checksum its PUT carries)
+ *
+ * Known ids: the workers cannot ask the main thread's blob index without waiting for it, so they
+ * share a table of fingerprints (the id's first 4 bytes; open addressing, at most half full, in a
+ * SharedArrayBuffer the main thread alone writes, with Atomics). A fingerprint match is only a
+ * "probably stored": the caller checks the full id in its index, and seals the chunk itself in the
+ * rare case it is not (another id with the same 4 bytes: about n / 2^32 per chunk with n ids known).
+ * A worker that has not seen an id marked yet (or holds the table before it grew) only seals a
+ * duplicate, as it would have without the table.
  * What stays on the main thread: reading files, content-defined chunking (sequential by
  * nature), dedup, packing and uploads. Measured before (docs/benchmarks.md): the main thread was
  * 99 % busy during a full backup with three hash passes, zstd, AES-GCM and their garbage on it.
@@ -52,10 +62,12 @@ const HEAD = NONCE_BYTES + 1;
  */
 const SEAL_BUFFER_MIN = 2 * 1024 * 1024 + HEAD + TAG_BYTES;
 
-export interface SealedChunk {
-  id: Buffer;
-  sealed: Buffer;
-}
+/**
+ * A chunk's id, and its sealed form; or, when its id's fingerprint was marked known, its plaintext
+ * instead (not sealed). Either is a view into one of the pool's buffers: give it back with
+ * `release()`.
+ */
+export type SealedChunk = { id: Buffer; sealed: Buffer; plain?: undefined } | { id: Buffer; sealed?: undefined; plain: Buffer };
 
 export interface PackHashes {
   /** SHA-256 of the pack, hex: its id. */
@@ -92,6 +104,18 @@ function probe(plain) {
   }
   return false;
 }
+// fingerprints of known ids (SealPool.markKnown): Int32Array over a SharedArrayBuffer, or null
+let known = null;
+function seen(id) {
+  if (known === null) return false;
+  const mask = known.length - 1;
+  const fp = ((id[0] << 24) | (id[1] << 16) | (id[2] << 8) | id[3]) || 1;
+  for (let s = fp & mask; ; s = (s + 1) & mask) {
+    const v = Atomics.load(known, s);
+    if (v === 0) return false;
+    if (v === fp) return true;
+  }
+}
 // The cipher's output, a piece at a time: each piece is small enough to come from malloc's free
 // lists (one update over a whole chunk allocated, and zeroed, a new buffer of the chunk's size).
 const PIECE = 64 * 1024;
@@ -112,6 +136,11 @@ parentPort.on('message', (m) => {
       const buf = Buffer.from(m.buf);
       const plain = buf.subarray(${HEAD}, ${HEAD} + m.length);
       const id = createHmac('sha256', idKey).update(plain).digest();
+      if (seen(id)) {
+        const idb = new Uint8Array(id).buffer;
+        parentPort.postMessage({ seq: m.seq, id: idb, buf: m.buf, seen: true }, [idb, m.buf]);
+        return;
+      }
       let packed = false;
       let body = plain;
       if (plain.length < ${PROBE_FROM} || probe(plain)) {
@@ -130,6 +159,8 @@ parentPort.on('message', (m) => {
       o += c.getAuthTag().copy(buf, o);
       const idb = new Uint8Array(id).buffer;
       parentPort.postMessage({ seq: m.seq, id: idb, buf: m.buf, sealedLength: o }, [idb, m.buf]);
+    } else if (m.kind === 'known') {
+      known = new Int32Array(m.table);
     } else {
       const bytes = new Uint8Array(m.bytes, 0, m.length);
       const id = createHash('sha256').update(bytes).digest('hex');
@@ -147,6 +178,7 @@ interface WorkerReply {
   id?: ArrayBuffer;
   buf?: ArrayBuffer;
   sealedLength?: number;
+  seen?: boolean;
   hashId?: string;
   bytes?: ArrayBuffer;
 }
@@ -157,6 +189,9 @@ export class SealPool {
   private readonly free: ArrayBuffer[] = [];
   private freeBytes = 0;
   private readonly keepBytes: number;
+  /** Fingerprints of known ids, shared with the workers (see the top); created by the first markKnown. */
+  private known: Int32Array | undefined;
+  private knownCount = 0;
 
   constructor(keys: HostKeys, o: SealPoolOptions = {}) {
     const workerData = {
@@ -182,10 +217,30 @@ export class SealPool {
     const buf = this.take(HEAD + plain.length + TAG_BYTES);
     new Uint8Array(buf, HEAD, plain.length).set(plain);
     const r = await this.pool.request({ kind: 'seal', buf, length: plain.length }, [buf]);
+    if (r.seen) return { id: Buffer.from(r.id!), plain: Buffer.from(r.buf!, HEAD, plain.length) };
     return { id: Buffer.from(r.id!), sealed: Buffer.from(r.buf!, 0, r.sealedLength!) };
   }
 
-  /** Hand back the buffer of a `seal()` result whose sealed bytes are no longer used. */
+  /**
+   * Mark a blob id (32 bytes at `at`) as stored already: chunks with its fingerprint come back from
+   * `seal()` unsealed, for the caller to check against its index.
+   */
+  markKnown(id: Uint8Array, at = 0): void {
+    const fp = ((id[at]! << 24) | (id[at + 1]! << 16) | (id[at + 2]! << 8) | id[at + 3]!) || 1;
+    if (this.known === undefined || 2 * (this.knownCount + 1) > this.known.length) this.growKnown();
+    if (insertFingerprint(this.known!, fp)) this.knownCount++;
+  }
+
+  /** A table twice as large (at least 2^12 slots) with the fingerprints so far, sent to every worker. */
+  private growKnown(): void {
+    const old = this.known;
+    const table = new Int32Array(new SharedArrayBuffer(4 * Math.max(4096, 2 * (old?.length ?? 0))));
+    if (old) for (let i = 0; i < old.length; i++) if (old[i] !== 0) insertFingerprint(table, old[i]!);
+    this.known = table;
+    this.pool.broadcast({ kind: 'known', table: table.buffer });
+  }
+
+  /** Hand back the buffer of a `seal()` result (its sealed bytes, or its plaintext) once no longer used. */
   release(sealed: Buffer): void {
     const b = sealed.buffer as ArrayBuffer;
     if (b.byteLength < SEAL_BUFFER_MIN || this.freeBytes + b.byteLength > this.keepBytes) return;
@@ -226,5 +281,18 @@ export class SealPool {
   /** Stop the workers; jobs still waiting fail. */
   close(): Promise<void> {
     return this.pool.close();
+  }
+}
+
+/** Add a fingerprint to an open-addressing table (not full); false when it was there already. */
+function insertFingerprint(table: Int32Array, fp: number): boolean {
+  const mask = table.length - 1;
+  for (let s = fp & mask; ; s = (s + 1) & mask) {
+    const v = table[s]!;
+    if (v === fp) return false;
+    if (v === 0) {
+      Atomics.store(table, s, fp);
+      return true;
+    }
   }
 }

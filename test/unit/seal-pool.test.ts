@@ -33,9 +33,9 @@ describe('SealPool', () => {
     const view = Buffer.concat([randomBytes(5), plain, randomBytes(5)]).subarray(5, 5 + plain.length); // a view, as chunks are
     const s = await pool.seal(view);
     expect(s.id.equals(blobId(keys.id, plain))).toBe(true);
-    expect(openBlob(keys, s.id, s.sealed, plain.length).equals(plain)).toBe(true);
+    expect(openBlob(keys, s.id, s.sealed!, plain.length).equals(plain)).toBe(true);
     // the same compress-or-not decision (flag byte) as compress.ts
-    const inner = open(keys.enc, s.sealed, s.id);
+    const inner = open(keys.enc, s.sealed!, s.id);
     const [flag, body] = compressParts(plain);
     expect(inner[0]).toBe(flag[0]);
     // and the same bytes: the workers compress with the same zstd parameters (zstd is deterministic)
@@ -55,7 +55,7 @@ describe('SealPool', () => {
   it('rejects a sealed blob under another id', async () => {
     const s = await pool.seal(randomBytes(1000));
     const other = blobId(keys.id, Buffer.from('other'));
-    expect(() => openBlob(keys, other, s.sealed)).toThrow(/altered|hash/);
+    expect(() => openBlob(keys, other, s.sealed!)).toThrow(/altered|hash/);
   });
 
   it('hashes a pack (its SHA-256 id) and hands the bytes back', async () => {
@@ -87,7 +87,7 @@ describe('SealPool', () => {
   it('runs many jobs at once and keeps each result with its job', async () => {
     const chunks = Array.from({ length: 64 }, (_, i) => randomBytes(1000 + i * 997));
     const out = await Promise.all(chunks.map((c) => pool.seal(c)));
-    out.forEach((s, i) => expect(openBlob(keys, s.id, s.sealed).equals(chunks[i]!)).toBe(true));
+    out.forEach((s, i) => expect(openBlob(keys, s.id, s.sealed!).equals(chunks[i]!)).toBe(true));
   });
 
   it('compresses many chunks of different sizes at once, each into its own sealed blob', async () => {
@@ -98,8 +98,8 @@ describe('SealPool', () => {
     const out = await Promise.all([...chunks, ...chunks.slice().reverse()].map((c) => pool.seal(c)));
     out.forEach((s, i) => {
       const plain = i < chunks.length ? chunks[i]! : chunks[2 * chunks.length - 1 - i]!;
-      expect(open(keys.enc, s.sealed, s.id)[0]).toBe(1);
-      expect(openBlob(keys, s.id, s.sealed, plain.length).equals(plain)).toBe(true);
+      expect(open(keys.enc, s.sealed!, s.id)[0]).toBe(1);
+      expect(openBlob(keys, s.id, s.sealed!, plain.length).equals(plain)).toBe(true);
     });
   });
 
@@ -110,25 +110,25 @@ describe('SealPool', () => {
     try {
       const big = randomBytes(1_500_000);
       const first = await p.seal(big);
-      expect(openBlob(keys, first.id, first.sealed, big.length).equals(big)).toBe(true);
-      let released = first.sealed.buffer;
+      expect(openBlob(keys, first.id, first.sealed!, big.length).equals(big)).toBe(true);
+      let released = first.sealed!.buffer;
       const capacity = released.byteLength;
-      p.release(first.sealed);
+      p.release(first.sealed!);
       // smaller and compressible (encrypted out of the worker's zstd scratch), then raw (in place)
       for (const plain of [text, randomBytes(400_000)]) {
         const s = await p.seal(plain);
         expect(released.byteLength).toBe(0); // the released buffer went out…
-        expect(s.sealed.buffer.byteLength).toBe(capacity); // …and came back with this chunk
-        expect(openBlob(keys, s.id, s.sealed, plain.length).equals(plain)).toBe(true);
-        released = s.sealed.buffer;
-        p.release(s.sealed);
+        expect(s.sealed!.buffer.byteLength).toBe(capacity); // …and came back with this chunk
+        expect(openBlob(keys, s.id, s.sealed!, plain.length).equals(plain)).toBe(true);
+        released = s.sealed!.buffer;
+        p.release(s.sealed!);
       }
       // a chunk larger than every free buffer gets a new one; the free one stays
       const larger = randomBytes(3_000_000);
       const s = await p.seal(larger);
       expect(released.byteLength).toBe(capacity);
-      expect(s.sealed.buffer.byteLength).toBeGreaterThanOrEqual(larger.length);
-      expect(openBlob(keys, s.id, s.sealed, larger.length).equals(larger)).toBe(true);
+      expect(s.sealed!.buffer.byteLength).toBeGreaterThanOrEqual(larger.length);
+      expect(openBlob(keys, s.id, s.sealed!, larger.length).equals(larger)).toBe(true);
     } finally {
       await p.close();
     }
@@ -139,12 +139,47 @@ describe('SealPool', () => {
     try {
       const a = await p.seal(randomBytes(100_000));
       const b = await p.seal(randomBytes(100_000));
-      p.release(a.sealed);
-      p.release(b.sealed); // over the 3 MiB kept: dropped
+      p.release(a.sealed!);
+      p.release(b.sealed!); // over the 3 MiB kept: dropped
       await p.seal(randomBytes(100_000));
       await p.seal(randomBytes(100_000));
-      expect(a.sealed.buffer.byteLength).toBe(0); // reused
-      expect(b.sealed.buffer.byteLength).toBeGreaterThan(0); // never sent again
+      expect(a.sealed!.buffer.byteLength).toBe(0); // reused
+      expect(b.sealed!.buffer.byteLength).toBeGreaterThan(0); // never sent again
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('hands back, unsealed, a chunk whose id was marked known, and seals the others', async () => {
+    const p = new SealPool(keys, { workers: 2 });
+    try {
+      const stored = randomBytes(200_000);
+      const fresh = randomBytes(200_000);
+      p.markKnown(blobId(keys.id, stored));
+      const [a, b] = await Promise.all([p.seal(stored), p.seal(fresh)]);
+      expect(a.sealed).toBeUndefined();
+      expect(a.id.equals(blobId(keys.id, stored))).toBe(true);
+      expect(a.plain!.equals(stored)).toBe(true); // for the caller to seal itself should its index disagree
+      expect(b.plain).toBeUndefined();
+      expect(openBlob(keys, b.id, b.sealed!, fresh.length).equals(fresh)).toBe(true);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('keeps every known id through the growth of its table; only the first 4 bytes of an id are compared', async () => {
+    const p = new SealPool(keys, { workers: 2 });
+    try {
+      const chunks = Array.from({ length: 40 }, () => randomBytes(70_000));
+      const ids = chunks.map((c) => blobId(keys.id, c));
+      // 10,000 other ids first: the table (4,096 slots to start with) grows several times
+      for (let i = 0; i < 10_000; i++) p.markKnown(randomBytes(32));
+      for (const id of ids.slice(0, 20)) p.markKnown(id);
+      // a different id with the same first 4 bytes as chunk 20: a fingerprint match, so unsealed too
+      p.markKnown(Buffer.concat([ids[20]!.subarray(0, 4), randomBytes(28)]));
+      const out = await Promise.all(chunks.map((c) => p.seal(c)));
+      expect(out.map((r) => r.sealed === undefined)).toEqual(ids.map((_, i) => i <= 20));
+      out.forEach((r, i) => expect(r.id.equals(ids[i]!)).toBe(true));
     } finally {
       await p.close();
     }
