@@ -140,6 +140,9 @@ interface Counts {
   bytes: number;
 }
 
+/** Bytes per read of a large file. */
+const READ_BYTES = 4 * 1024 * 1024;
+
 const ZERO: Counts = { files: 0, dirs: 0, symlinks: 0, bytes: 0 };
 const addCounts = (a: Counts, b: Counts): Counts => ({ files: a.files + b.files, dirs: a.dirs + b.dirs, symlinks: a.symlinks + b.symlinks, bytes: a.bytes + b.bytes });
 
@@ -524,23 +527,46 @@ class BackupRun {
       return done();
     }
     const chunker = new Chunker(this.gear, this.chunkParams);
+    // reads the chunker may still hold views into (the chunk in progress), oldest first
+    const held: Array<{ buf: Buffer; n: number }> = [];
     const fh = await fs.open(abs, 'r');
     try {
       for (;;) {
         throwIfAborted(this.o.signal);
-        const buf = Buffer.allocUnsafe(4 * 1024 * 1024); // fresh per read: the chunker keeps views
+        const buf = this.readBuffers.pop() ?? Buffer.allocUnsafeSlow(READ_BYTES);
         const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-        if (bytesRead === 0) break;
+        if (bytesRead === 0) {
+          this.keepReadBuffer(buf);
+          break;
+        }
+        held.push({ buf, n: bytesRead });
+        // (the packer no longer refers to a chunk once submit() has resolved)
         for (const c of chunker.push(buf.subarray(0, bytesRead))) await put(c);
+        // the reads wholly before the chunk in progress are free again
+        let k = held.length;
+        for (let pending = chunker.pendingBytes; k > 0 && pending > 0; k--) pending -= held[k - 1]!.n;
+        for (const h of held.splice(0, k)) this.keepReadBuffer(h.buf);
         this.progress.currentPath = abs;
         this.report('scanning');
       }
       const last = chunker.finish();
       if (last) await put(last);
+      for (const h of held.splice(0)) this.keepReadBuffer(h.buf);
     } finally {
       await fh.close();
     }
     return done();
+  }
+
+  /**
+   * Read buffers of large files, reused from read to read and file to file (files are read one at
+   * a time). A fresh 4 MiB buffer per read cost 1,024 page faults of a zeroed page each, in the
+   * thread that reads: re-reading a changed 1 GiB file spent more CPU on that than on chunking it.
+   * At most 4 are kept (with the default chunker a chunk in progress spans at most 3 full reads).
+   */
+  private readonly readBuffers: Buffer[] = [];
+  private keepReadBuffer(buf: Buffer): void {
+    if (this.readBuffers.length < 4) this.readBuffers.push(buf);
   }
 
   /** Apply the item-error policy; returns true when the previous node was kept. */
