@@ -51,18 +51,18 @@
  * a re-run): ~3.5 GB at scale 1. The buckets are left in place (Bulwark's
  * objects are locked); the rclone objects are deleted.
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { agentProcess } from '../../agent/process-tuning.js';
 import { createHash, randomBytes, randomFillSync } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { Repository } from '../../common/repo/repository.js';
 import { openS3Store } from '../../common/storage/open-store.js';
 import { rawS3Client, s3Env } from './s3-env.js';
+import { type Timed, runTimed as runTimedIn } from './timed.js';
 
 const MiB = 1024 * 1024;
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -282,45 +282,8 @@ function countFiles(dir: string): number {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-interface Timed {
-  /** Wall time of the process, measured here (s). */
-  wall: number;
-  /** From /usr/bin/time: max RSS (MB), user + sys CPU (s). */
-  peakMB: number;
-  cpu: number;
-  stdout: string;
-}
-
-/**
- * Run a command under /usr/bin/time. `onLine` sees each stdout line and may answer on stdin.
- */
-function runTimed(cmd: string, args: string[], env: NodeJS.ProcessEnv, onLine?: (line: string, child: ChildProcess) => void): Promise<Timed> {
-  const timeFile = path.join(BASE, `time-${randomBytes(4).toString('hex')}`);
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn('/usr/bin/time', ['-f', '%M %U %S', '-o', timeFile, cmd, ...args], { cwd: REPO_ROOT, env, stdio: ['pipe', 'pipe', 'pipe'] });
-    const out: string[] = [];
-    const err: string[] = [];
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      out.push(line);
-      onLine?.(line, child);
-    });
-    // passed through, and the tail kept for the error
-    createInterface({ input: child.stderr! }).on('line', (line) => {
-      process.stderr.write(`${line}\n`);
-      err.push(line);
-      if (err.length > 40) err.shift();
-    });
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const wall = (performance.now() - t0) / 1000;
-      if (code !== 0) return reject(new Error(`${path.basename(cmd)} ${args.slice(0, 2).join(' ')} … exited with ${code}\n${[...out.slice(-10), ...err].join('\n')}`));
-      const [kib, user, sys] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
-      rmSync(timeFile, { force: true });
-      resolve({ wall, peakMB: (kib! * 1024) / 1e6, cpu: user! + sys!, stdout: out.join('\n') });
-    });
-  });
-}
+/** Run a command under /usr/bin/time (timed.ts), its figures' file in BASE. */
+const runTimed = (cmd: string, args: string[], env: NodeJS.ProcessEnv, onLine?: Parameters<typeof runTimedIn>[4]): Promise<Timed> => runTimedIn(BASE, cmd, args, env, onLine);
 
 // Shapes of backup-agent.ts's result lines (only what is printed here).
 interface ThreadCpu {

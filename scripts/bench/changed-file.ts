@@ -23,9 +23,9 @@
  * Needs restic and /usr/bin/time. S3 space: ~2 × the files per tool; Bulwark's objects stay locked
  * for 10 minutes.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes, randomFillSync } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { AgentCore } from '../../agent/agent-core.js';
@@ -33,6 +33,7 @@ import { Repository } from '../../common/repo/repository.js';
 import { openS3Store } from '../../common/storage/open-store.js';
 import { realText } from './real-text.js';
 import { rawS3Client, s3Env } from './s3-env.js';
+import { runTimed } from './timed.js';
 
 const MiB = 1024 * 1024;
 const SIZE = Number(process.env.BENCH_MIB ?? 1024) * MiB;
@@ -46,27 +47,6 @@ const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
-
-/** Run a command under /usr/bin/time: wall time (here) and user + sys CPU (s). */
-function timed(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ wall: number; cpu: number; stdout: string }> {
-  const timeFile = path.join(BASE, `time-${randomBytes(4).toString('hex')}`);
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn('/usr/bin/time', ['-f', '%U %S', '-o', timeFile, cmd, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err = (err + d.toString()).slice(-4000)));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const wall = (performance.now() - t0) / 1000;
-      if (code !== 0) return reject(new Error(`${cmd} ${args.slice(0, 3).join(' ')} … exited with ${code}\n${err}`));
-      const [user, sys] = readFileSync(timeFile, 'utf8').trim().split('\n').at(-1)!.split(' ').map(Number);
-      rmSync(timeFile, { force: true });
-      resolve({ wall, cpu: user! + sys!, stdout: out });
-    });
-  });
-}
 
 /** Overwrite 4 KiB of `file` at `at` with random bytes. */
 function change(file: string, at: number): void {
@@ -135,7 +115,7 @@ async function main(): Promise<void> {
     // restic: a plain bucket
     const rs = `bench-changed-rs-${stamp}-${n}`;
     await client.send(new CreateBucketCommand({ Bucket: rs }));
-    const resticRun = (args: string[]) => timed('restic', ['-r', `s3:${s3.endpoint}/${rs}`, ...args], toolEnv);
+    const resticRun = (args: string[]) => runTimed(BASE, 'restic', ['-r', `s3:${s3.endpoint}/${rs}`, ...args], toolEnv);
     await resticRun(['init']);
     const resticBackup = async (): Promise<{ wall: number; cpu: number }> => {
       const r = await resticRun(['backup', '--json', input.dir]);
